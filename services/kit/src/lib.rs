@@ -1,0 +1,47 @@
+//! What every mesh server shares, written once: configuration loading and
+//! reload, telemetry, correlation ids and call context, the error → status
+//! mapping, the tonic server with health and reflection, service-to-service
+//! channels, shutdown and memory stats. A service crate holds only its domain.
+//!
+//! # Layout
+//! - [`config`]: defaults → file → environment, validated; hot reload.
+//! - [`correlation`]: `x-correlation-id`, deadlines, the [`CallContext`].
+//! - [`rpc_span`]: one span per RPC, joined to the caller's trace.
+//! - [`telemetry`]: log format, OTLP export, `traceparent` propagation.
+//! - [`error`]: [`RpcError`] and the only place a `tonic::Status` is built.
+//! - [`server`]: [`MeshServer`], the bootstrap every service uses.
+//! - [`client`]: [`client::MeshChannel`] for calls between services.
+//! - [`shutdown`], [`memory`]: signals and `/proc/self` memory use.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod correlation;
+pub mod error;
+pub mod memory;
+pub mod rpc_span;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, ConfigProblem, ConfigSource, ConfigWatch, ServiceConfig};
+pub use correlation::{CallContext, CorrelationId, CorrelationLayer};
+pub use error::{RpcError, to_status, to_status_proto};
+pub use rpc_span::RpcSpanLayer;
+pub use server::{MeshServer, ServeError, ServerSettings};
+pub use tokio_util::sync::CancellationToken;
+
+/// Everything a service needs to start: where to listen, its settings, and
+/// when to stop. Built by the `mesh` binary, or by tests on port 0.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The bound listener; binding is the caller's job so tests can use port 0.
+    pub listener: tokio::net::TcpListener,
+    /// Transport settings.
+    pub server_settings: ServerSettings,
+    /// Where the service reads its own typed configuration.
+    pub config_source: ConfigSource,
+    /// Cancelled to stop the service gracefully.
+    pub shutdown: CancellationToken,
+}
