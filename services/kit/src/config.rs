@@ -81,7 +81,13 @@ impl ConfigProblem {
     }
 
     /// Checks `min <= value <= max`, naming the range when it is not.
-    pub fn check_range<T: PartialOrd + fmt::Display + Copy>(problems: &mut Vec<Self>, field: &str, value: T, min: T, max: T) {
+    pub fn check_range<T: PartialOrd + fmt::Display + Copy>(
+        problems: &mut Vec<Self>,
+        field: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) {
         if value < min || value > max {
             problems.push(Self::new(field, format!("must be between {min} and {max} (got {value})")));
         }

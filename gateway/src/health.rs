@@ -1,0 +1,225 @@
+//! `grpc.health.v1.Health` for the mesh behind the gateway. `Check("")` is
+//! SERVING only while every configured upstream answers SERVING to its own
+//! `Check("")`; `Check("<service>")` asks that service's upstream; any other
+//! name is `NOT_FOUND`. `Watch` re-checks every `health_poll_interval` and sends
+//! a message when the status changes. While the gateway drains, everything
+//! is `NOT_SERVING` and `Watch` streams end, so they do not hold up the drain.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use mesh_kit::CancellationToken;
+use mesh_kit::client::MeshChannel;
+use tokio::time::MissedTickBehavior;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tracing::debug;
+
+use crate::error::HealthError;
+
+/// The health service; cheap to share, every call reads the same checker.
+#[derive(Debug)]
+pub(crate) struct GatewayHealth {
+    checker: Arc<HealthChecker>,
+}
+
+/// One configured service and a channel to its upstream's health service.
+#[derive(Debug)]
+pub(crate) struct UpstreamHealth {
+    /// The gRPC service name, as asked for in `Check`.
+    pub(crate) service_name: &'static str,
+    /// A lazily connected channel, separate from the proxy's connections so a
+    /// check sees the upstream as a new caller would.
+    pub(crate) client: HealthClient<MeshChannel>,
+}
+
+#[derive(Debug)]
+struct HealthChecker {
+    upstreams: Vec<UpstreamHealth>,
+    check_timeout: Duration,
+    poll_interval: Duration,
+    /// Cancelled when the gateway starts draining.
+    shutdown: CancellationToken,
+}
+
+// === impl GatewayHealth ===
+
+impl GatewayHealth {
+    pub(crate) fn new(
+        upstreams: Vec<UpstreamHealth>,
+        check_timeout: Duration,
+        poll_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { checker: Arc::new(HealthChecker { upstreams, check_timeout, poll_interval, shutdown }) }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for GatewayHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        let status = self.checker.status(&request.get_ref().service).await.map_err(|e| mesh_kit::to_status(&e))?;
+        Ok(Response::new(HealthCheckResponse { status: status.into() }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        Ok(Response::new(Box::pin(watch_stream(Arc::clone(&self.checker), service))))
+    }
+}
+
+// === impl HealthChecker ===
+
+impl HealthChecker {
+    /// The status of `service`: `""` is the whole mesh, else one upstream.
+    async fn status(&self, service: &str) -> Result<ServingStatus, HealthError> {
+        if service.is_empty() {
+            return Ok(self.mesh_status().await);
+        }
+        let Some(upstream) = self.upstreams.iter().find(|upstream| upstream.service_name == service) else {
+            return Err(HealthError::UnknownService { service: service.to_owned() });
+        };
+        if self.shutdown.is_cancelled() {
+            return Ok(ServingStatus::NotServing);
+        }
+        Ok(self.upstream_status(upstream, service).await)
+    }
+
+    /// SERVING iff every upstream is; with no upstream configured there is
+    /// nothing to be unhealthy, so SERVING.
+    async fn mesh_status(&self) -> ServingStatus {
+        if self.shutdown.is_cancelled() {
+            return ServingStatus::NotServing;
+        }
+        let checks = self.upstreams.iter().map(|upstream| self.upstream_status(upstream, ""));
+        let statuses = futures_util::future::join_all(checks).await;
+        if statuses.iter().all(|status| *status == ServingStatus::Serving) {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    }
+
+    /// Asks `upstream` about `service`; no answer within the check timeout,
+    /// an error, or anything but SERVING counts as `NOT_SERVING`.
+    async fn upstream_status(&self, upstream: &UpstreamHealth, service: &str) -> ServingStatus {
+        let mut request = Request::new(HealthCheckRequest { service: service.to_owned() });
+        request.set_timeout(self.check_timeout);
+        let mut client = upstream.client.clone();
+        match tokio::time::timeout(self.check_timeout, client.check(request)).await {
+            Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => ServingStatus::Serving,
+            Ok(Ok(response)) => {
+                let status = response.get_ref().status();
+                debug!(upstream = upstream.service_name, status = status.as_str_name(), "upstream not serving");
+                ServingStatus::NotServing
+            }
+            Ok(Err(status)) => {
+                debug!(upstream = upstream.service_name, code = ?status.code(), "upstream health check failed");
+                ServingStatus::NotServing
+            }
+            Err(_elapsed) => {
+                debug!(upstream = upstream.service_name, timeout = ?self.check_timeout, "upstream health check timed out");
+                ServingStatus::NotServing
+            }
+        }
+    }
+
+    /// As [`Self::status`], with an unknown service reported in-band as
+    /// `SERVICE_UNKNOWN`, as the health protocol asks of `Watch`.
+    async fn watched_status(&self, service: &str) -> ServingStatus {
+        self.status(service).await.unwrap_or(ServingStatus::ServiceUnknown)
+    }
+}
+
+/// What a `Watch` stream carries between messages.
+struct WatchState {
+    checker: Arc<HealthChecker>,
+    service: String,
+    ticker: tokio::time::Interval,
+    last_sent: Option<ServingStatus>,
+    is_finished: bool,
+}
+
+/// Sends the current status at once, then again whenever a poll finds it
+/// changed; ends after reporting the drain.
+fn watch_stream(
+    checker: Arc<HealthChecker>,
+    service: String,
+) -> impl Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static {
+    let mut ticker = tokio::time::interval(checker.poll_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let initial = WatchState { checker, service, ticker, last_sent: None, is_finished: false };
+    futures_util::stream::unfold(initial, |mut state| async move {
+        while !state.is_finished {
+            let is_draining = tokio::select! {
+                () = state.checker.shutdown.cancelled() => true,
+                _ = state.ticker.tick() => false,
+            };
+            // While draining the status is NOT_SERVING (SERVICE_UNKNOWN stays as it is): sent once, then the end.
+            let status = state.checker.watched_status(&state.service).await;
+            state.is_finished = is_draining;
+            if state.last_sent != Some(status) {
+                state.last_sent = Some(status);
+                return Some((Ok(HealthCheckResponse { status: status.into() }), state));
+            }
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn checker_without_upstreams(shutdown: CancellationToken) -> Arc<HealthChecker> {
+        Arc::new(HealthChecker {
+            upstreams: Vec::new(),
+            check_timeout: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(3600),
+            shutdown,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_mesh_is_serving_until_the_drain_and_unknown_services_are_not_found() {
+        let shutdown = CancellationToken::new();
+        let checker = checker_without_upstreams(shutdown.clone());
+        assert_eq!(checker.status("").await.unwrap(), ServingStatus::Serving);
+        let unknown = checker.status("mesh.nope.v1.Nope").await.unwrap_err();
+        assert!(matches!(&unknown, HealthError::UnknownService { service } if service == "mesh.nope.v1.Nope"));
+        assert_eq!(mesh_kit::to_status(&unknown).code(), tonic::Code::NotFound);
+        shutdown.cancel();
+        assert_eq!(checker.status("").await.unwrap(), ServingStatus::NotServing);
+    }
+
+    #[tokio::test]
+    async fn watch_sends_the_status_then_not_serving_on_drain_then_ends() {
+        let shutdown = CancellationToken::new();
+        let mut stream = Box::pin(watch_stream(checker_without_upstreams(shutdown.clone()), String::new()));
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving);
+        shutdown.cancel();
+        let last = stream.next().await.unwrap().unwrap();
+        assert_eq!(last.status(), ServingStatus::NotServing);
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn watching_an_unknown_service_says_so_in_band_and_ends_on_drain() {
+        let shutdown = CancellationToken::new();
+        let mut stream =
+            Box::pin(watch_stream(checker_without_upstreams(shutdown.clone()), "mesh.nope.v1.Nope".into()));
+        assert_eq!(stream.next().await.unwrap().unwrap().status(), ServingStatus::ServiceUnknown);
+        shutdown.cancel();
+        assert!(stream.next().await.is_none());
+    }
+}
