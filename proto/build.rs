@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file_descriptor_set = protox::compile(&proto_files, [&proto_root])?;
     std::fs::write(out_dir.join("mesh_descriptor.bin"), file_descriptor_set.encode_to_vec())?;
     write_package_descriptor_sets(&file_descriptor_set, &out_dir)?;
+    write_file_descriptor_sets(&file_descriptor_set, &out_dir)?;
 
     tonic_prost_build::configure().extern_path(".google.rpc", "::tonic_types::pb").compile_fds(file_descriptor_set)?;
     Ok(())
@@ -61,6 +62,24 @@ fn write_package_descriptor_sets(file_descriptor_set: &FileDescriptorSet, out_di
         }
         let package_set = FileDescriptorSet { file: ordered };
         std::fs::write(out_dir.join(format!("{package}.bin")), package_set.encode_to_vec())?;
+    }
+    Ok(())
+}
+
+/// Writes `<file>.bin` for each `mesh/**.proto` file (`mesh/memory/v1/profiler.proto`
+/// becomes `mesh.memory.v1.profiler.proto.bin`): the file and the transitive
+/// closure of its imports, for servers that serve one file of a package but
+/// not the others (every server serves `MemoryIntrospection`, only the
+/// profiler serves `MemoryProfiler`).
+fn write_file_descriptor_sets(file_descriptor_set: &FileDescriptorSet, out_dir: &Path) -> std::io::Result<()> {
+    let files_by_name: BTreeMap<&str, &FileDescriptorProto> =
+        file_descriptor_set.file.iter().map(|file| (file.name(), file)).collect();
+    for file in file_descriptor_set.file.iter().filter(|f| f.name().starts_with("mesh/")) {
+        let mut included = BTreeSet::new();
+        let mut ordered = Vec::new();
+        add_with_imports(file, &files_by_name, &mut included, &mut ordered);
+        let file_set = FileDescriptorSet { file: ordered };
+        std::fs::write(out_dir.join(format!("{}.bin", file.name().replace('/', "."))), file_set.encode_to_vec())?;
     }
     Ok(())
 }

@@ -1,10 +1,14 @@
-//! [`GatewayConfig`]: where each mesh service's upstream listens, and the
-//! transport settings of the gateway's listener and upstream connections.
+//! [`GatewayConfig`]: where each mesh service's endpoints listen, who may
+//! call what, the limits and deadlines of calls, and the transport settings
+//! of the gateway's listener and upstream connections.
 //!
 //! The route table — which gRPC service is served by which `<service>_upstream`
 //! setting, and which descriptor set reflection shows for it — is
 //! [`GatewayConfig::service_routes`], the one place a new mesh service is added.
+//! Settings marked *live* below are re-read on every reload (see `reload`);
+//! the others are read once at start.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::Uri;
@@ -13,22 +17,40 @@ use mesh_kit::config::duration_secs;
 use mesh_kit::{ConfigProblem, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
+/// The services anyone may call when authentication is on: health, so load
+/// balancers and probes need no token, and reflection, so grpcurl can list.
+const DEFAULT_PUBLIC_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// Settings of the edge gateway, read from the `[gateway]` table of the
 /// config file and from `MESH_GATEWAY_*` variables, over the defaults.
 /// Durations are seconds (`2`, `0.5`) or humantime strings (`500ms`, `1m`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Where the Cache service (`mesh.cache.v1.Cache`) listens, as
-    /// `http://host:port`, e.g. `http://127.0.0.1:50061`. Unset means the
-    /// gateway does not serve Cache: its calls are answered UNIMPLEMENTED, and
-    /// it is left out of health and reflection.
+    /// Where the Cache service (`mesh.cache.v1.Cache`) listens: one endpoint
+    /// `http://host:port`, or several separated by commas, between which
+    /// calls are balanced. Unset means the gateway does not serve Cache: its
+    /// calls are answered UNIMPLEMENTED, and it is left out of health and
+    /// reflection. *Live* while the service stays configured.
     pub cache_upstream: Option<String>,
+    /// Where the `VpnUsers` service (`mesh.vpnusers.v1.VpnUsers`) listens, as for
+    /// `cache_upstream`. Unset means the gateway does not serve it.
+    pub vpnusers_upstream: Option<String>,
+    /// Where the `VirtualminGateway` service (`mesh.virtualmin.v1.VirtualminGateway`) listens, as for
+    /// `cache_upstream`. Unset means the gateway does not serve it.
+    pub virtualmin_upstream: Option<String>,
+    /// Where the `DockerOps` service (`mesh.docker.v1.DockerOps`) listens, as for
+    /// `cache_upstream`. Unset means the gateway does not serve it.
+    pub docker_upstream: Option<String>,
+    /// Where the `MemoryProfiler` service (`mesh.memory.v1.MemoryProfiler`) listens, as for
+    /// `cache_upstream`. Unset means the gateway does not serve it.
+    pub memory_upstream: Option<String>,
     /// How long opening a connection to an upstream (TCP connect plus the
     /// HTTP/2 handshake) may take before the call fails UNAVAILABLE.
     #[serde(with = "duration_secs")]
     pub upstream_connect_timeout: Duration,
-    /// HTTP/2 connections kept open to each upstream; calls are spread over
+    /// HTTP/2 connections kept open to each endpoint; calls are spread over
     /// them in turn. More than one keeps a connection the upstream closes
     /// (GOAWAY) from failing every call in flight, and spreads the work of
     /// framing over the cores.
@@ -43,6 +65,9 @@ pub struct GatewayConfig {
     pub health_poll_interval: Duration,
     /// Concurrent calls (HTTP/2 streams) one caller connection may have open.
     pub max_concurrent_streams: u32,
+    /// Largest header block (names, values and 32 bytes per field) a caller
+    /// may send; a larger one is refused before it reaches any layer.
+    pub max_header_list_bytes: u32,
     /// Streams a caller may reset before the gateway has accepted them. Set
     /// high on purpose: a load generator or a client stopping cancels every
     /// call it has in flight at once, and a low limit makes the gateway close
@@ -59,24 +84,145 @@ pub struct GatewayConfig {
     /// connections are cut.
     #[serde(with = "duration_secs")]
     pub shutdown_grace: Duration,
+    /// Callers' credentials. Empty (the default) turns authentication off:
+    /// every caller may call everything, and the gateway warns at start.
+    /// *Live*: a token added, removed or narrowed applies to the next call,
+    /// on connections already open.
+    pub tokens: Vec<TokenConfig>,
+    /// Services callable without a token while authentication is on.
+    /// *Live*.
+    pub public_services: Vec<String>,
+    /// Calls per second one caller without a token may make, counted per
+    /// peer IP address; 0 means unlimited. *Live*.
+    pub anonymous_rate_limit_per_second: u32,
+    /// Calls a caller without a token may make at once above its rate; 0
+    /// means equal to the rate. *Live*.
+    pub anonymous_rate_limit_burst: u32,
+    /// Calls the gateway handles at once, over all callers; one more is
+    /// refused UNAVAILABLE at once instead of waiting in a queue. *Live*.
+    pub max_concurrent_calls: usize,
+    /// The deadline of a call that sends no `grpc-timeout`. *Live*.
+    #[serde(with = "duration_secs")]
+    pub default_deadline: Duration,
+    /// The longest deadline a caller may ask for; longer ones are cut to
+    /// this. *Live*.
+    #[serde(with = "duration_secs")]
+    pub max_deadline: Duration,
+    /// Per-service overrides, keyed by the gRPC service name
+    /// (`mesh.cache.v1.Cache`): deadlines and the idempotent methods that
+    /// may be retried. *Live*.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Retries allowed, as a percentage of recent calls (the retry budget);
+    /// keeps retries from multiplying the load on a struggling upstream.
+    /// *Live*.
+    pub retry_budget_percent: u32,
+    /// Retries allowed per second whatever the budget, so a quiet gateway
+    /// can still retry. *Live*.
+    pub retry_min_per_second: u32,
+    /// Attempts of one idempotent call, the first included; 1 disables
+    /// retries. *Live*.
+    pub retry_max_attempts: u32,
+    /// Largest request body kept for replay; an idempotent call with a
+    /// larger body is sent once. *Live*.
+    pub retry_max_body_bytes: usize,
+    /// Consecutive failed calls (connect failures, broken connections) after
+    /// which an endpoint is left out of balancing. *Live*.
+    pub outlier_consecutive_failures: u32,
+    /// How long an ejected endpoint is left out before it is tried again.
+    /// *Live*.
+    #[serde(with = "duration_secs")]
+    pub outlier_ejection_time: Duration,
+    /// One `info` line per call (target `mesh_gateway::access`): service,
+    /// method, status, duration, response bytes, peer, correlation id and
+    /// caller. *Live*.
+    pub access_log: bool,
+}
+
+/// One caller credential: a bearer token or API key, stored only as its
+/// SHA-256 so the config file does not hold a usable secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds the token; names the caller in logs and metrics, and keys
+    /// its rate limit. Never the token itself.
+    pub name: String,
+    /// SHA-256 of the token as 64 hex digits, e.g. from
+    /// `printf %s "$TOKEN" | sha256sum`. Callers send the token as
+    /// `authorization: Bearer <token>` or `x-api-key: <token>`.
+    pub sha256: String,
+    /// What the token may call: `<package>.<Service>/<Method>`,
+    /// `<package>.<Service>/*`, or `*` for everything.
+    pub allow: Vec<String>,
+    /// Calls per second this caller may make; 0 (the default) means unlimited.
+    #[serde(default)]
+    pub rate_limit_per_second: u32,
+    /// Calls this caller may make at once above its rate; 0 means equal to the rate.
+    #[serde(default)]
+    pub rate_limit_burst: u32,
+}
+
+/// Settings of one routed service that override the gateway-wide ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The deadline of a call without `grpc-timeout`; unset means
+    /// `default_deadline`.
+    #[serde(with = "optional_duration_secs", skip_serializing_if = "Option::is_none")]
+    pub default_deadline: Option<Duration>,
+    /// The longest deadline; unset means `max_deadline`.
+    #[serde(with = "optional_duration_secs", skip_serializing_if = "Option::is_none")]
+    pub max_deadline: Option<Duration>,
+    /// Methods (`Get`) that are safe to send twice, and so are retried on
+    /// another endpoint when the first answers UNAVAILABLE or its connection
+    /// breaks. List unary and server-streaming methods only: a request is
+    /// kept whole before it is sent, so a client stream would be held back.
+    pub idempotent_methods: Vec<String>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
+        let cache_reads = RouteConfig {
+            idempotent_methods: ["Get", "GetMany", "GetStats", "GetHealth"].map(String::from).to_vec(),
+            ..RouteConfig::default()
+        };
         Self {
             cache_upstream: None,
+            vpnusers_upstream: None,
+            virtualmin_upstream: None,
+            docker_upstream: None,
+            memory_upstream: None,
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_connections: 4,
             health_check_timeout: Duration::from_secs(1),
             health_poll_interval: Duration::from_secs(5),
             max_concurrent_streams: 1024,
+            max_header_list_bytes: 16 * 1024,
             max_pending_accept_reset_streams: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
+            tokens: Vec::new(),
+            public_services: DEFAULT_PUBLIC_SERVICES.map(String::from).to_vec(),
+            anonymous_rate_limit_per_second: 0,
+            anonymous_rate_limit_burst: 0,
+            max_concurrent_calls: 10_000,
+            default_deadline: Duration::from_secs(30),
+            max_deadline: Duration::from_secs(300),
+            routes: BTreeMap::from([(mesh_proto::cache::v1::SERVICE_NAME.to_owned(), cache_reads)]),
+            retry_budget_percent: 20,
+            retry_min_per_second: 10,
+            retry_max_attempts: 3,
+            retry_max_body_bytes: 64 * 1024,
+            outlier_consecutive_failures: 3,
+            outlier_ejection_time: Duration::from_secs(5),
+            access_log: true,
         }
     }
 }
+
+/// Most endpoints one service may have; balancing remembers the endpoints a
+/// call has tried in one 64-bit word.
+pub(crate) const MAX_ENDPOINTS_PER_SERVICE: usize = 64;
 
 impl ServiceConfig for GatewayConfig {
     const FILE_SECTION: &'static str = "gateway";
@@ -85,20 +231,32 @@ impl ServiceConfig for GatewayConfig {
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         for route in self.service_routes() {
-            if let Some(raw_uri) = route.upstream_uri
-                && let Err(problem) = parse_upstream_uri(raw_uri)
+            if let Some(raw_endpoints) = route.upstream_uri
+                && let Err(problem) = parse_endpoint_list(raw_endpoints)
             {
                 problems.push(ConfigProblem::new(route.upstream_field, problem.to_string()));
             }
         }
         ConfigProblem::check_range(&mut problems, "upstream_connections", self.upstream_connections, 1, 64);
         ConfigProblem::check_range(&mut problems, "max_concurrent_streams", self.max_concurrent_streams, 1, 1_000_000);
+        ConfigProblem::check_range(&mut problems, "max_header_list_bytes", self.max_header_list_bytes, 1024, 1 << 24);
         ConfigProblem::check_range(
             &mut problems,
             "max_pending_accept_reset_streams",
             self.max_pending_accept_reset_streams,
             1,
             1_000_000,
+        );
+        ConfigProblem::check_range(&mut problems, "max_concurrent_calls", self.max_concurrent_calls, 1, 10_000_000);
+        ConfigProblem::check_range(&mut problems, "retry_budget_percent", self.retry_budget_percent, 0, 1000);
+        ConfigProblem::check_range(&mut problems, "retry_max_attempts", self.retry_max_attempts, 1, 10);
+        ConfigProblem::check_range(&mut problems, "retry_max_body_bytes", self.retry_max_body_bytes, 0, 16 << 20);
+        ConfigProblem::check_range(
+            &mut problems,
+            "outlier_consecutive_failures",
+            self.outlier_consecutive_failures,
+            1,
+            1000,
         );
         // Ranges of durations are checked in seconds, the unit the settings are written in.
         for (field, value, min_secs, max_secs) in [
@@ -108,10 +266,56 @@ impl ServiceConfig for GatewayConfig {
             ("keepalive_interval", self.keepalive_interval, 1.0, 3600.0),
             ("keepalive_timeout", self.keepalive_timeout, 1.0, 600.0),
             ("shutdown_grace", self.shutdown_grace, 0.0, 3600.0),
+            ("default_deadline", self.default_deadline, 0.001, 86_400.0),
+            ("max_deadline", self.max_deadline, 0.001, 86_400.0),
+            ("outlier_ejection_time", self.outlier_ejection_time, 0.0, 3600.0),
         ] {
             ConfigProblem::check_range(&mut problems, field, value.as_secs_f64(), min_secs, max_secs);
         }
+        for (index, token) in self.tokens.iter().enumerate() {
+            // Named by position and holder, never by digest: the field is the user's pointer to the entry.
+            let field = format!("tokens[{index}] ({})", token.name);
+            if token.name.is_empty() {
+                problems.push(ConfigProblem::new(format!("tokens[{index}]"), "name must not be empty"));
+            }
+            if crate::authn::parse_sha256_hex(&token.sha256).is_none() {
+                problems.push(ConfigProblem::new(field.clone(), "sha256 must be 64 hex digits"));
+            }
+            for pattern in &token.allow {
+                if crate::authn::MethodPattern::parse(pattern).is_none() {
+                    problems.push(ConfigProblem::new(
+                        field.clone(),
+                        format!("allow entry `{pattern}` must be `*`, `pkg.Service/*` or `pkg.Service/Method`"),
+                    ));
+                }
+            }
+            if self.tokens[..index].iter().any(|earlier| earlier.name == token.name) {
+                problems.push(ConfigProblem::new(field.clone(), "name is used by another token"));
+            }
+        }
         problems
+    }
+}
+
+/// Serde helpers for an optional duration in the style of `duration_secs`.
+mod optional_duration_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    struct Seconds(#[serde(with = "mesh_kit::config::duration_secs")] Duration);
+
+    #[allow(clippy::ref_option)] // serde's `with` passes a reference to the field's own type
+    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => mesh_kit::config::duration_secs::serialize(duration, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<Seconds>::deserialize(deserializer)?.map(|Seconds(duration)| duration))
     }
 }
 
@@ -132,12 +336,38 @@ impl GatewayConfig {
     /// Every mesh service with its upstream setting. A new service adds a
     /// `<service>_upstream` field above and one line here.
     pub(crate) fn service_routes(&self) -> Vec<ServiceRoute<'_>> {
-        vec![ServiceRoute {
-            service_name: mesh_proto::cache::v1::SERVICE_NAME,
-            descriptor_set: mesh_proto::cache::v1::FILE_DESCRIPTOR_SET,
-            upstream_field: "cache_upstream",
-            upstream_uri: self.cache_upstream.as_deref(),
-        }]
+        vec![
+            ServiceRoute {
+                service_name: mesh_proto::cache::v1::SERVICE_NAME,
+                descriptor_set: mesh_proto::cache::v1::FILE_DESCRIPTOR_SET,
+                upstream_field: "cache_upstream",
+                upstream_uri: self.cache_upstream.as_deref(),
+            },
+            ServiceRoute {
+                service_name: mesh_proto::vpnusers::v1::SERVICE_NAME,
+                descriptor_set: mesh_proto::vpnusers::v1::FILE_DESCRIPTOR_SET,
+                upstream_field: "vpnusers_upstream",
+                upstream_uri: self.vpnusers_upstream.as_deref(),
+            },
+            ServiceRoute {
+                service_name: mesh_proto::virtualmin::v1::SERVICE_NAME,
+                descriptor_set: mesh_proto::virtualmin::v1::FILE_DESCRIPTOR_SET,
+                upstream_field: "virtualmin_upstream",
+                upstream_uri: self.virtualmin_upstream.as_deref(),
+            },
+            ServiceRoute {
+                service_name: mesh_proto::docker::v1::SERVICE_NAME,
+                descriptor_set: mesh_proto::docker::v1::FILE_DESCRIPTOR_SET,
+                upstream_field: "docker_upstream",
+                upstream_uri: self.docker_upstream.as_deref(),
+            },
+            ServiceRoute {
+                service_name: mesh_proto::memory::v1::PROFILER_SERVICE_NAME,
+                descriptor_set: mesh_proto::memory::v1::PROFILER_FILE_DESCRIPTOR_SET,
+                upstream_field: "memory_upstream",
+                upstream_uri: self.memory_upstream.as_deref(),
+            },
+        ]
     }
 }
 
@@ -160,9 +390,32 @@ pub(crate) enum UpstreamUriProblem {
     /// Anything after the authority.
     #[error("must be only http://host:port, without a path or query")]
     HasPath,
+    /// The same endpoint twice in one list.
+    #[error("must not name the same endpoint twice")]
+    Repeated,
+    /// More endpoints than balancing tracks.
+    #[error("must name at most 64 endpoints")]
+    TooMany,
 }
 
-/// Reads an upstream setting, accepting only `http://host:port` (a trailing
+/// Reads an upstream setting: one or more `http://host:port` separated by
+/// commas, each at most once, at most [`MAX_ENDPOINTS_PER_SERVICE`].
+pub(crate) fn parse_endpoint_list(raw_endpoints: &str) -> Result<Vec<Authority>, UpstreamUriProblem> {
+    let mut endpoints: Vec<Authority> = Vec::new();
+    for raw_uri in raw_endpoints.split(',').map(str::trim) {
+        let authority = parse_upstream_uri(raw_uri)?;
+        if endpoints.contains(&authority) {
+            return Err(UpstreamUriProblem::Repeated);
+        }
+        endpoints.push(authority);
+    }
+    if endpoints.len() > MAX_ENDPOINTS_PER_SERVICE {
+        return Err(UpstreamUriProblem::TooMany);
+    }
+    Ok(endpoints)
+}
+
+/// Reads one endpoint, accepting only `http://host:port` (a trailing
 /// `/` is tolerated), and returns its authority.
 pub(crate) fn parse_upstream_uri(raw_uri: &str) -> Result<Authority, UpstreamUriProblem> {
     let uri: Uri = raw_uri.parse().map_err(|_| UpstreamUriProblem::NotAUri)?;

@@ -1,6 +1,7 @@
 //! `grpc.health.v1.Health` for the mesh behind the gateway. `Check("")` is
-//! SERVING only while every configured upstream answers SERVING to its own
-//! `Check("")`; `Check("<service>")` asks that service's upstream; any other
+//! SERVING only while every configured service has an endpoint answering
+//! SERVING to its own `Check("")`; `Check("<service>")` asks that service's
+//! endpoints, SERVING if any is (balancing avoids the others); any other
 //! name is `NOT_FOUND`. `Watch` re-checks every `health_poll_interval` and sends
 //! a message when the status changes. While the gateway drains, everything
 //! is `NOT_SERVING` and `Watch` streams end, so they do not hold up the drain.
@@ -28,14 +29,15 @@ pub(crate) struct GatewayHealth {
     checker: Arc<HealthChecker>,
 }
 
-/// One configured service and a channel to its upstream's health service.
+/// One configured service and channels to its endpoints' health service.
 #[derive(Debug)]
 pub(crate) struct UpstreamHealth {
     /// The gRPC service name, as asked for in `Check`.
     pub(crate) service_name: &'static str,
-    /// A lazily connected channel, separate from the proxy's connections so a
-    /// check sees the upstream as a new caller would.
-    pub(crate) client: HealthClient<MeshChannel>,
+    /// Lazily connected channels, one per endpoint configured at start,
+    /// separate from the proxy's connections so a check sees an endpoint as
+    /// a new caller would.
+    pub(crate) clients: Vec<HealthClient<MeshChannel>>,
 }
 
 #[derive(Debug)]
@@ -107,12 +109,24 @@ impl HealthChecker {
         }
     }
 
-    /// Asks `upstream` about `service`; no answer within the check timeout,
-    /// an error, or anything but SERVING counts as `NOT_SERVING`.
+    /// Asks the endpoints of `upstream` about `service`: SERVING if any is.
     async fn upstream_status(&self, upstream: &UpstreamHealth, service: &str) -> ServingStatus {
+        let checks = upstream.clients.iter().map(|client| self.endpoint_status(upstream, client, service));
+        let statuses = futures_util::future::join_all(checks).await;
+        if statuses.contains(&ServingStatus::Serving) { ServingStatus::Serving } else { ServingStatus::NotServing }
+    }
+
+    /// Asks one endpoint about `service`; no answer within the check
+    /// timeout, an error, or anything but SERVING counts as `NOT_SERVING`.
+    async fn endpoint_status(
+        &self,
+        upstream: &UpstreamHealth,
+        client: &HealthClient<MeshChannel>,
+        service: &str,
+    ) -> ServingStatus {
         let mut request = Request::new(HealthCheckRequest { service: service.to_owned() });
         request.set_timeout(self.check_timeout);
-        let mut client = upstream.client.clone();
+        let mut client = client.clone();
         match tokio::time::timeout(self.check_timeout, client.check(request)).await {
             Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => ServingStatus::Serving,
             Ok(Ok(response)) => {

@@ -1,66 +1,138 @@
 //! The mesh edge gateway: one listener in front of every mesh service. A call
-//! to `/<package>.<Service>/<Method>` is forwarded as a transparent HTTP/2
-//! stream to the upstream configured for that service; `grpc.health.v1` and
-//! reflection are answered here, aggregated over the upstreams, so a client
-//! needs only the gateway's address. Correlation ids, spans, the error model
-//! and configuration loading come from `mesh-kit`; the `mesh` binary binds the
-//! port and loads [`GatewayConfig`].
+//! to `/<package>.<Service>/<Method>` is authenticated, rate limited, given a
+//! deadline, and forwarded as a transparent HTTP/2 stream to one endpoint of
+//! that service, picked by load; `grpc.health.v1` and reflection are answered
+//! here, aggregated over the upstreams, so a client needs only the gateway's
+//! address. Each concern is one tower layer; `stack` holds their order.
+//! Correlation ids, spans, the error model and configuration loading come
+//! from `mesh-kit`; the `mesh` binary binds the ports and loads
+//! [`GatewayConfig`].
 //!
 //! # Layout
-//! - [`serve`] (here): the accept loop and the graceful drain.
-//! - `stack`: the tower stack, outermost layer first, and the HTTP/2 server settings.
+//! - [`serve`], [`run`] (here): the accept loop and the graceful drain.
+//! - `stack`: the layer order of both stacks, and the HTTP/2 server settings.
+//! - `authn`, `rate_limit`, `load_shed`, `deadline`: refusals and limits, one layer each.
+//! - `access_log`, `metrics` (with `observe`): one line and the series of every call; `admin` serves `/metrics`.
+//! - `rescue`: the one place a layer's typed error becomes a gRPC status.
 //! - `route`: picks a call's destination from its path.
-//! - `proxy`: forwards a call over a small pool of HTTP/2 connections per upstream.
+//! - `retry` (with `request_body`), `balance`, `proxy`: replay, endpoint choice, HTTP/2 passthrough.
+//! - `reload`: the live settings and how a reloaded config reaches them.
 //! - `health`: `grpc.health.v1.Health`, aggregated over the upstreams.
 //! - `config`: [`GatewayConfig`], its documented settings, validation and the route table.
 //! - `error`: [`GatewayError`], and the error of a refused health check.
 
 #![forbid(unsafe_code)]
 
+mod access_log;
+mod admin;
+mod authn;
+mod balance;
 mod config;
+mod deadline;
 mod error;
 mod health;
+mod load_shed;
+mod metrics;
+mod observe;
+mod peer;
 mod proxy;
+mod rate_limit;
+mod refusal;
+mod reload;
+mod request_body;
+mod rescue;
+mod retry;
 mod route;
 mod stack;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use mesh_kit::{CancellationToken, ServiceConfig};
+use hyper_util::service::TowerToHyperService;
+use mesh_kit::{CancellationToken, ConfigWatch, ServiceConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::HealthServer;
+use tower::util::BoxCloneSyncService;
 use tracing::{debug, error, info, warn};
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, RouteConfig, TokenConfig};
 pub use error::GatewayError;
+
+use crate::health::{GatewayHealth, UpstreamHealth};
+use crate::metrics::GatewayMetrics;
+use crate::peer::SetPeerAddr;
+use crate::reload::LiveSettings;
+use crate::route::{LocalServices, Router, UpstreamRoute};
 
 /// How long to pause accepting after an error that is not about one
 /// connection (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves the gateway on `listener` until `shutdown` is cancelled, then stops
-/// accepting, asks every caller connection to finish (HTTP/2 GOAWAY), and
-/// waits up to `config.shutdown_grace` for calls in flight before cutting the
-/// connections that remain. The caller binds the listener, so tests can use
-/// port 0.
+/// What [`run`] needs: the bound listeners, the live settings, when to stop.
+#[derive(Debug)]
+pub struct GatewayRuntime {
+    /// Where callers connect (gRPC, h2c). Binding is the caller's job so tests can use port 0.
+    pub listener: TcpListener,
+    /// Where Prometheus scrapes `/metrics` (HTTP/1.1); `None` serves no metrics.
+    pub admin_listener: Option<TcpListener>,
+    /// The settings and their reloads, e.g. from `mesh_kit::config::load_and_watch`.
+    pub config: ConfigWatch<GatewayConfig>,
+    /// Cancelled to drain and stop.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves the gateway on `listener` with settings that never change and no
+/// admin port; see [`run`].
 pub async fn serve(
     listener: TcpListener,
     config: GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let (_config_sender, config) = tokio::sync::watch::channel(Arc::new(config));
+    run(GatewayRuntime { listener, admin_listener: None, config, shutdown }).await
+}
+
+/// Serves the gateway until `shutdown` is cancelled, then stops accepting,
+/// asks every caller connection to finish (HTTP/2 GOAWAY), and waits up to
+/// `shutdown_grace` for calls in flight before cutting the connections that
+/// remain. Each accepted change of `config` applies to the next call.
+pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
+    let GatewayRuntime { listener, admin_listener, config: config_watch, shutdown } = runtime;
+    let config = GatewayConfig::clone(&config_watch.borrow());
     let problems = config.validate();
     if !problems.is_empty() {
         let problems = problems.into_iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
         return Err(mesh_kit::ConfigError::Invalid { problems }.into());
     }
     let local_addr = listener.local_addr()?;
-    let router = route::Router::new(&config, shutdown.clone())?;
+    let settings = Arc::new(LiveSettings::new(&config)?);
+    let known_services = config
+        .service_routes()
+        .iter()
+        .map(|route| route.service_name.to_owned())
+        .chain(GatewayConfig::default().public_services)
+        .collect::<Vec<_>>();
+    let metrics = GatewayMetrics::new(known_services);
+    let router = build_router(&config, &settings, &metrics, shutdown.clone())?;
     let upstream_services = router.upstream_services();
-    let gateway_service = stack::gateway_service(router);
+    let caller_stack = stack::caller_stack(router, &settings, &metrics);
     let http2_server = stack::http2_server(&config);
+
+    let mut background = JoinSet::new();
+    background.spawn(reload::follow(Arc::clone(&settings), config_watch, shutdown.clone()));
+    if let Some(admin_listener) = admin_listener {
+        background.spawn(admin::serve_admin(
+            admin_listener,
+            Arc::clone(&metrics),
+            Arc::clone(&settings),
+            shutdown.clone(),
+        ));
+    }
 
     let graceful = GracefulShutdown::new();
     // Every caller connection runs in its own task; the set lets the drain cut the ones outliving the grace period.
@@ -95,7 +167,8 @@ pub async fn serve(
         if let Err(nodelay_error) = stream.set_nodelay(true) {
             debug!(%remote_addr, %nodelay_error, "cannot set TCP_NODELAY");
         }
-        let connection = http2_server.serve_connection(TokioIo::new(stream), gateway_service.clone());
+        let service = TowerToHyperService::new(SetPeerAddr::new(caller_stack.clone(), remote_addr));
+        let connection = http2_server.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         connections.spawn(async move {
             if let Err(connection_error) = connection.await {
@@ -113,8 +186,48 @@ pub async fn serve(
         }
     }
     connections.shutdown().await;
+    background.shutdown().await;
     info!(%local_addr, "gateway stopped");
     Ok(())
+}
+
+/// The router over the upstream stacks of `settings`, with health over the
+/// endpoints configured at start and reflection over their services.
+fn build_router(
+    config: &GatewayConfig,
+    settings: &LiveSettings,
+    metrics: &GatewayMetrics,
+    shutdown: CancellationToken,
+) -> Result<Router, GatewayError> {
+    let mut upstreams = Vec::new();
+    let mut upstream_healths = Vec::new();
+    let mut descriptor_sets = Vec::new();
+    let routes = config.service_routes();
+    for upstream in &settings.upstreams {
+        let route = routes.iter().find(|route| route.service_name == upstream.service_name).expect("routed at start");
+        upstreams.push(UpstreamRoute {
+            service_name: upstream.service_name,
+            service: stack::upstream_service(upstream, metrics),
+        });
+        let mut clients = Vec::new();
+        for member in &upstream.endpoints.load().members {
+            let uri = format!("http://{}", member.endpoint.authority());
+            let channel = mesh_kit::client::connect_lazy(&uri, config.upstream_connect_timeout)
+                .map_err(|source| GatewayError::HealthChannel { service: upstream.service_name, source })?;
+            clients.push(HealthClient::new(channel));
+        }
+        upstream_healths.push(UpstreamHealth { service_name: upstream.service_name, clients });
+        descriptor_sets.push(route.descriptor_set);
+    }
+    let health =
+        GatewayHealth::new(upstream_healths, config.health_check_timeout, config.health_poll_interval, shutdown);
+    let (reflection_v1, reflection_v1alpha) = mesh_kit::server::reflection_services(&descriptor_sets)?;
+    let local = LocalServices {
+        health: BoxCloneSyncService::new(HealthServer::new(health)),
+        reflection_v1: BoxCloneSyncService::new(reflection_v1),
+        reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
+    };
+    Ok(Router::new(upstreams, local))
 }
 
 /// Errors about one incoming connection, which leave the listener usable.

@@ -1,38 +1,50 @@
-//! Transparent HTTP/2 passthrough to one upstream: the caller's request goes
-//! out with its headers (`te`, `grpc-timeout`, `content-type`, metadata) and
-//! its body stream untouched, only re-addressed and stamped with the call
-//! context; the upstream's response — headers, streamed body, trailers, or a
-//! trailers-only error — comes back as it is.
+//! Transparent HTTP/2 passthrough to one endpoint: the caller's request goes
+//! out with its headers (`te`, `content-type`, metadata) and its body
+//! untouched, only re-addressed and stamped with the call context and the
+//! remaining deadline; the endpoint's response — headers, streamed body,
+//! trailers, or a trailers-only error — comes back as it is.
 //!
-//! # Why a pool of `SendRequest`s rather than the legacy `Client`
-//! Each [`Upstream`] keeps a small fixed set of HTTP/2 connections, each a
-//! `hyper::client::conn::http2::SendRequest` that is redialled when it closes,
-//! and spreads calls over them in turn. The legacy client would hold exactly
-//! one multiplexed connection per upstream, so a single GOAWAY (e.g.
-//! `too_many_resets` after a burst of cancelled calls) fails every call in
-//! flight, and one connection task does all the framing on one core; it also
-//! adds a pool lookup and a boxed future per call. A plain `SendRequest` is
-//! the cheapest way to put a request on a connection, and tonic's `Channel`
-//! adds a `Buffer` that costs about 10 % of throughput.
+//! # Why the `h2` crate rather than hyper's client
+//! hyper's HTTP/2 client waits for stream flow-control capacity before it
+//! sends the first DATA frame, and a new stream gets capacity only once the
+//! connection task has opened it, i.e. after it has written the HEADERS
+//! frame. So every forwarded call cost two writes and two wake-ups of the
+//! endpoint. Here a body already in hand (a unary request, or one kept for
+//! replay) is handed to `h2` together with the headers, and both leave in one
+//! write; a body still arriving is pumped by its own task, which waits for
+//! capacity as usual.
+//!
+//! # Why a pool of connections
+//! Each [`Endpoint`] keeps a small fixed set of HTTP/2 connections, redialled
+//! when they close, and spreads calls over them in turn. One multiplexed
+//! connection would let a single GOAWAY (e.g. `too_many_resets` after a
+//! burst of cancelled calls) fail every call in flight, and would put all the
+//! framing on one task. tonic's `Channel` would add a `Buffer`, about 10 % of
+//! throughput.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong, RecvStream, SendStream};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use http_body_util::Either;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_kit::error::EdgeError;
+use mesh_kit::correlation::{GRPC_TIMEOUT_HEADER, format_grpc_timeout};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
-use crate::route::ResponseBody;
+use crate::deadline::CallDeadline;
+use crate::request_body::RequestBody;
 
 /// Streams this gateway has reset that one upstream connection remembers.
 /// HTTP/2 requires ignoring frames that still arrive for a reset stream; once
@@ -40,10 +52,17 @@ use crate::route::ResponseBody;
 /// the whole connection. A caller that cancels hundreds of calls at once makes
 /// the gateway reset as many upstream streams, far above h2's default of 50.
 const RESET_STREAMS_REMEMBERED: usize = 4096;
+/// Receive windows as hyper's client sets them: room for large responses
+/// without waiting for `WINDOW_UPDATE` frames.
+const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 
-/// A configured service's upstream and the connections to it.
+/// The request the proxy sends: the caller's, with its body streamed or replayed.
+pub(crate) type UpstreamRequest = Request<RequestBody<Incoming>>;
+
+/// One endpoint of a service and the connections to it.
 #[derive(Debug)]
-pub(crate) struct Upstream {
+pub(crate) struct Endpoint {
     service_name: &'static str,
     /// Replaces the caller's authority in forwarded requests; also the dial address.
     authority: Authority,
@@ -51,15 +70,16 @@ pub(crate) struct Upstream {
     /// Round-robin cursor over `connections`.
     next_connection: AtomicUsize,
     connect_timeout: Duration,
-    http2_client: http2::Builder<TokioExecutor>,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
 }
 
 /// One slot of the pool: an open connection, or none until the next call dials.
 #[derive(Debug, Default)]
 struct UpstreamConnection {
-    /// The open connection. A std mutex, held only to put a request on the
-    /// connection (a synchronous enqueue), never across an await.
-    sender: Mutex<Option<SendRequest<Incoming>>>,
+    /// The open connection. A std mutex, held only to clone the handle,
+    /// never across an await.
+    sender: Mutex<Option<SendRequest<Bytes>>>,
     /// Serialises dialling so one dead upstream is dialled once per slot, not
     /// once per waiting call; holds the consecutive failures, for logging.
     dialing: tokio::sync::Mutex<u32>,
@@ -68,106 +88,111 @@ struct UpstreamConnection {
     failed_dials: AtomicU64,
 }
 
-/// What hyper reports for one request put on a connection: the response, or
-/// the error with the request when it was never sent.
-type SendOutcome = Result<Response<Incoming>, TrySendError<Request<Incoming>>>;
+/// Why a call failed at one endpoint.
+#[derive(Debug)]
+pub(crate) enum SendFailure {
+    /// Nothing reached the endpoint; the request is handed back, so it can
+    /// go to another endpoint whatever its method.
+    Unsent { request: Box<UpstreamRequest>, error: ProxyError },
+    /// The request may have reached the endpoint.
+    Failed(ProxyError),
+}
 
-/// Why a call could not be forwarded; logged, and answered UNAVAILABLE.
+/// Why a call could not be forwarded; answered UNAVAILABLE.
 #[derive(Debug, thiserror::Error)]
-enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("cannot connect: {0}")]
     Connect(io::Error),
     #[error("connecting took longer than {0:?}")]
     ConnectTimeout(Duration),
     #[error("http/2 handshake failed: {0}")]
-    Handshake(hyper::Error),
+    Handshake(h2::Error),
     #[error("dialling failed moments ago")]
     RecentDialFailed,
     #[error("the new connection closed before the call could be sent")]
     ClosedOnArrival,
     #[error("call broken: {0}")]
-    Call(hyper::Error),
+    Call(h2::Error),
 }
 
-// === impl Upstream ===
+// === impl Endpoint ===
 
-impl Upstream {
-    /// The upstream of `service_name` at `authority`; connects on first use.
+impl Endpoint {
+    /// The endpoint of `service_name` at `authority`; connects on first use.
     pub(crate) fn new(service_name: &'static str, authority: Authority, config: &GatewayConfig) -> Self {
-        let mut http2_client = http2::Builder::new(TokioExecutor::new());
-        http2_client
-            .timer(TokioTimer::new())
-            .keep_alive_interval(config.keepalive_interval)
-            .keep_alive_timeout(config.keepalive_timeout)
-            // An idle connection is checked too, so a dead one is redialled before a call finds it.
-            .keep_alive_while_idle(true)
-            .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED);
         Self {
             service_name,
             authority,
             connections: (0..config.upstream_connections).map(|_| UpstreamConnection::default()).collect(),
             next_connection: AtomicUsize::new(0),
             connect_timeout: config.upstream_connect_timeout,
-            http2_client,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
         }
     }
 
-    /// The gRPC service this upstream serves.
+    /// The gRPC service this endpoint serves.
     pub(crate) fn service_name(&self) -> &'static str {
         self.service_name
     }
 
-    /// Forwards `request` and returns the upstream's response as it is, or a
-    /// trailers-only UNAVAILABLE when the upstream cannot be reached or
-    /// breaks the call before answering. Runs inside the call's context, which
-    /// `mesh_kit::to_status` and `stamp_call_context` read.
-    pub(crate) async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
-        self.address_to_upstream(&mut request);
-        match self.send(request).await {
-            Ok(response) => response.map(Either::Left),
-            Err(error) => {
-                debug!(service = self.service_name, %error, "upstream call failed");
-                let unavailable = EdgeError::UpstreamUnavailable { service: self.service_name.to_owned() };
-                mesh_kit::to_status(&unavailable).into_http::<tonic::body::Body>().map(Either::Right)
-            }
-        }
+    /// Where this endpoint listens.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
     }
 
-    /// Points the request at the upstream (scheme and authority only; the
+    /// Forwards `request` and returns the endpoint's response as it is.
+    /// Runs inside the call's context, which `stamp_call_context` reads.
+    pub(crate) async fn forward(&self, mut request: UpstreamRequest) -> Result<Response<UpstreamBody>, SendFailure> {
+        self.address_to_endpoint(&mut request);
+        self.send(request).await
+    }
+
+    /// Points the request at the endpoint (scheme and authority only; the
     /// path, headers and body stay), and adds the correlation id, the
-    /// gateway span's `traceparent` and the remaining deadline.
-    fn address_to_upstream(&self, request: &mut Request<Incoming>) {
+    /// gateway span's `traceparent` and the deadline's remaining budget.
+    fn address_to_endpoint(&self, request: &mut UpstreamRequest) {
         let mut uri_parts = std::mem::take(request.uri_mut()).into_parts();
         uri_parts.scheme = Some(Scheme::HTTP);
         uri_parts.authority = Some(self.authority.clone());
         *request.uri_mut() =
             Uri::from_parts(uri_parts).expect("a routed request has a path, and scheme and authority are set here");
         mesh_kit::client::stamp_call_context(request.headers_mut());
+        // Recomputed per attempt, so a retry forwards only what is left of the caller's time.
+        if let Some(CallDeadline(deadline)) = request.extensions().get::<CallDeadline>().copied() {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
+                request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
+            }
+        }
     }
 
     /// Sends `request` on the next connection of the pool, dialling it if it
-    /// is closed. A request the connection hands back unsent (it was closing,
-    /// e.g. after a GOAWAY) is sent once more on a fresh connection; a request
-    /// that may have reached the upstream is never repeated.
-    async fn send(&self, mut request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    /// is closed. Until the headers are handed to `h2` nothing has left, so a
+    /// failure before that hands the request back.
+    async fn send(&self, request: UpstreamRequest) -> Result<Response<UpstreamBody>, SendFailure> {
         let connection_index = self.next_connection.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         let connection = &self.connections[connection_index];
-        let mut sends_left = 2;
-        loop {
-            let in_flight = match connection.try_send(request) {
-                Ok(in_flight) => in_flight,
-                Err(unsent) => {
-                    self.redial(connection).await?;
-                    connection.try_send(unsent).map_err(|_| ProxyError::ClosedOnArrival)?
-                }
+        let sender = if let Some(sender) = connection.ready_sender() {
+            sender
+        } else {
+            if let Err(error) = self.redial(connection).await {
+                return Err(SendFailure::Unsent { request: Box::new(request), error });
+            }
+            let Some(sender) = connection.ready_sender() else {
+                return Err(SendFailure::Unsent { request: Box::new(request), error: ProxyError::ClosedOnArrival });
             };
-            sends_left -= 1;
-            match in_flight.await {
-                Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if sends_left > 0 => request = unsent,
-                    _ => return Err(ProxyError::Call(error.into_error())),
-                },
+            sender
+        };
+        let response = start_call(sender, request).map_err(|error| {
+            connection.forget_if_broken();
+            SendFailure::Failed(ProxyError::Call(error))
+        })?;
+        match response.await {
+            Ok(response) => Ok(response.map(|body| UpstreamBody { body, is_data_done: false })),
+            Err(error) => {
+                connection.forget_if_broken();
+                Err(SendFailure::Failed(ProxyError::Call(error)))
             }
         }
     }
@@ -177,7 +202,7 @@ impl Upstream {
     async fn redial(&self, connection: &UpstreamConnection) -> Result<(), ProxyError> {
         let failed_dials_before_waiting = connection.failed_dials.load(Ordering::Acquire);
         let mut consecutive_failures = connection.dialing.lock().await;
-        if connection.is_open() {
+        if connection.ready_sender().is_some() {
             return Ok(());
         }
         if connection.failed_dials.load(Ordering::Acquire) != failed_dials_before_waiting {
@@ -207,45 +232,233 @@ impl Upstream {
     }
 
     /// Connects with `TCP_NODELAY` (gRPC messages are small and latency-bound)
-    /// and hands the HTTP/2 connection to its own task.
-    async fn dial(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+    /// and hands the HTTP/2 connection, with its keepalive PINGs, to its own task.
+    async fn dial(&self) -> Result<SendRequest<Bytes>, ProxyError> {
         let handshake = async {
             let stream = TcpStream::connect(self.authority.as_str()).await.map_err(ProxyError::Connect)?;
             stream.set_nodelay(true).map_err(ProxyError::Connect)?;
-            self.http2_client.handshake(TokioIo::new(stream)).await.map_err(ProxyError::Handshake)
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+                .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+                .enable_push(false)
+                .handshake::<_, Bytes>(stream)
+                .await
+                .map_err(ProxyError::Handshake)
         };
-        let (sender, connection) = tokio::time::timeout(self.connect_timeout, handshake)
+        let (sender, mut connection) = tokio::time::timeout(self.connect_timeout, handshake)
             .await
             .map_err(|_| ProxyError::ConnectTimeout(self.connect_timeout))??;
+        let ping_pong = connection.ping_pong().expect("the ping handle is taken once, here");
+        let (interval, timeout) = (self.keepalive_interval, self.keepalive_timeout);
         let service = self.service_name;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(service, %error, "upstream connection closed with an error");
+            tokio::select! {
+                outcome = &mut connection => {
+                    if let Err(error) = outcome {
+                        debug!(service, %error, "upstream connection closed with an error");
+                    }
+                }
+                // Dropping the connection closes it; the next call finds the slot closed and redials.
+                () = keep_alive(ping_pong, interval, timeout) => {
+                    debug!(service, "upstream connection missed a keepalive ping; closing it");
+                }
             }
         });
         Ok(sender)
     }
 }
 
+/// PINGs every `interval`; returns when one is not answered within `timeout`,
+/// so a peer that vanished without closing its socket is noticed.
+async fn keep_alive(mut ping_pong: PingPong, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// Hands the headers, and the body if it is already in hand, to `h2`, so
+/// they leave in one write; a body still arriving is pumped by a task.
+fn start_call(
+    mut sender: SendRequest<Bytes>,
+    request: UpstreamRequest,
+) -> Result<h2::client::ResponseFuture, h2::Error> {
+    let (parts, body) = request.into_parts();
+    let is_end_of_stream = body.is_end_stream();
+    let head = Request::from_parts(parts, ());
+    let (response, mut send_stream) = sender.send_request(head, is_end_of_stream)?;
+    if is_end_of_stream {
+        return Ok(response);
+    }
+    match body {
+        RequestBody::Replay { data, trailers } => {
+            // Kept whole and bounded by `retry_max_body_bytes`: h2 may buffer it before the stream has capacity.
+            send_whole_body(&mut send_stream, data.unwrap_or_default(), trailers)?;
+        }
+        mut streaming => {
+            // A unary request usually arrived whole with its headers: then it goes out with them.
+            let first_frame = streaming.frame().now_or_never();
+            match first_frame {
+                Some(Some(Ok(frame))) if streaming.is_end_stream() => match frame.into_data() {
+                    Ok(data) => send_whole_body(&mut send_stream, data, None)?,
+                    Err(frame) => send_whole_body(&mut send_stream, Bytes::new(), frame.into_trailers().ok())?,
+                },
+                Some(None) => send_stream.send_data(Bytes::new(), true)?,
+                Some(Some(Err(error))) => {
+                    debug!(%error, "caller's request body broke");
+                    send_stream.send_reset(h2::Reason::CANCEL);
+                }
+                Some(Some(Ok(frame))) => {
+                    tokio::spawn(pump_body(Some(frame), streaming, send_stream));
+                }
+                None => {
+                    tokio::spawn(pump_body(None, streaming, send_stream));
+                }
+            }
+        }
+    }
+    Ok(response)
+}
+
+fn send_whole_body(
+    send_stream: &mut SendStream<Bytes>,
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+) -> Result<(), h2::Error> {
+    match trailers {
+        None => send_stream.send_data(data, true),
+        Some(trailers) => {
+            if !data.is_empty() {
+                send_stream.send_data(data, false)?;
+            }
+            send_stream.send_trailers(trailers)
+        }
+    }
+}
+
+/// Streams the rest of a request body upstream, frame by frame, waiting for
+/// flow-control capacity before each, so a fast caller cannot make the
+/// gateway buffer without bound. Resets the stream if the caller's body breaks.
+async fn pump_body(
+    first_frame: Option<Frame<Bytes>>,
+    mut body: RequestBody<Incoming>,
+    mut send_stream: SendStream<Bytes>,
+) {
+    let mut pending = first_frame;
+    loop {
+        let frame = match pending.take() {
+            Some(frame) => frame,
+            None => match body.frame().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    debug!(%error, "caller's request body broke");
+                    send_stream.send_reset(h2::Reason::CANCEL);
+                    return;
+                }
+                None => {
+                    let _ = send_stream.send_data(Bytes::new(), true);
+                    return;
+                }
+            },
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if send_data_with_capacity(&mut send_stream, data, body.is_end_stream()).await.is_err() {
+                    return;
+                }
+                if body.is_end_stream() {
+                    return;
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            let _ = send_stream.send_trailers(trailers);
+            return;
+        }
+    }
+}
+
+async fn send_data_with_capacity(
+    send_stream: &mut SendStream<Bytes>,
+    data: Bytes,
+    is_end_of_stream: bool,
+) -> Result<(), h2::Error> {
+    send_stream.reserve_capacity(data.len());
+    while send_stream.capacity() == 0 && !data.is_empty() {
+        match std::future::poll_fn(|cx| send_stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error),
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        }
+    }
+    send_stream.send_data(data, is_end_of_stream)
+}
+
 // === impl UpstreamConnection ===
 
 impl UpstreamConnection {
-    fn is_open(&self) -> bool {
-        self.sender.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|sender| !sender.is_closed())
+    /// A handle ready for a new stream, if the connection is open. A fresh
+    /// clone has no stream of its own pending, so it is ready at once unless
+    /// the connection has failed.
+    fn ready_sender(&self) -> Option<SendRequest<Bytes>> {
+        let mut slot = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = slot.as_ref()?.clone();
+        if let Some(Ok(ready)) = sender.ready().now_or_never() {
+            Some(ready)
+        } else {
+            *slot = None;
+            None
+        }
     }
 
-    /// Puts `request` on the connection if it is open, else hands it back.
-    /// The returned future owns everything it needs, so the lock is released
-    /// before the call is awaited.
-    #[allow(clippy::result_large_err)] // the `Err` is the request itself, handed back without boxing it
-    fn try_send(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<impl Future<Output = SendOutcome> + Send + use<>, Request<Incoming>> {
-        let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        match sender.as_mut() {
-            Some(open) if !open.is_closed() => Ok(open.try_send_request(request)),
-            _ => Err(request),
+    /// Drops the handle if its connection has failed, so the next call redials.
+    fn forget_if_broken(&self) {
+        drop(self.ready_sender());
+    }
+}
+
+/// An endpoint's response body: DATA frames as they arrive, each released
+/// back to flow control once handed on, then the trailers.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    body: RecvStream,
+    is_data_done: bool,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.is_data_done {
+            match ready!(self.body.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Releasing now lets the endpoint send more while the caller's connection takes this chunk.
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => self.is_data_done = true,
+            }
         }
+        match ready!(self.body.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }

@@ -1,7 +1,7 @@
-//! The innermost service of the stack: it picks a call's destination from
-//! its path alone — local health, local reflection (v1 and v1alpha), the
-//! upstream of a configured service, or an UNIMPLEMENTED status naming the
-//! service nobody serves.
+//! The innermost service of the caller-facing stack: it picks a call's
+//! destination from its path alone — local health, local reflection (v1 and
+//! v1alpha), the upstream stack of a configured service, or an UNIMPLEMENTED
+//! refusal naming the service nobody serves.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -11,30 +11,24 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use mesh_kit::CancellationToken;
 use mesh_kit::error::EdgeError;
 use mesh_kit::rpc_span::split_grpc_path;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::health_server::HealthServer;
+use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
+use tower::{BoxError, Service, ServiceExt};
 
-use crate::config::{GatewayConfig, parse_upstream_uri};
-use crate::error::GatewayError;
-use crate::health::{GatewayHealth, UpstreamHealth};
-use crate::proxy::Upstream;
+use crate::proxy::UpstreamBody;
+use crate::stack::UpstreamService;
 
 /// The body of every response: an upstream's body passed through untouched,
-/// or the body of a local service or an error status.
-pub(crate) type ResponseBody = Either<Incoming, tonic::body::Body>;
+/// or the body of a local service.
+pub(crate) type ResponseBody = Either<UpstreamBody, tonic::body::Body>;
 
 /// A service answered by the gateway itself (health, reflection). Boxed
 /// because reflection's type cannot be named; these calls are rare.
-type LocalService = BoxCloneSyncService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
+pub(crate) type LocalService = BoxCloneSyncService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
-/// Boxed because hyper's response future cannot be named on stable Rust;
-/// this is the one allocation the gateway adds per proxied call.
-type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+type LocalFuture = Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>;
 
 /// Routes each call; see the module docs. Cloned for every call, so it is
 /// one `Arc`.
@@ -43,13 +37,25 @@ pub(crate) struct Router {
     routes: Arc<Routes>,
 }
 
+/// One configured service and the stack that reaches its endpoints.
+#[derive(Debug)]
+pub(crate) struct UpstreamRoute {
+    pub(crate) service_name: &'static str,
+    pub(crate) service: UpstreamService,
+}
+
+/// The gateway's own services.
+pub(crate) struct LocalServices {
+    pub(crate) health: LocalService,
+    pub(crate) reflection_v1: LocalService,
+    pub(crate) reflection_v1alpha: LocalService,
+}
+
 struct Routes {
     /// The configured services. A scan beats hashing for the handful of
     /// services the mesh has, and keeps the table in config order.
-    upstreams: Vec<Arc<Upstream>>,
-    health: LocalService,
-    reflection_v1: LocalService,
-    reflection_v1alpha: LocalService,
+    upstreams: Vec<UpstreamRoute>,
+    local: LocalServices,
 }
 
 impl std::fmt::Debug for Routes {
@@ -64,14 +70,14 @@ enum Destination<'a> {
     Health,
     ReflectionV1,
     ReflectionV1Alpha,
-    Upstream(&'a Arc<Upstream>),
+    Upstream(&'a UpstreamRoute),
     UnknownService { service: &'a str },
     MalformedPath,
 }
 
 /// Picks the destination of the call to `path`. The gateway's own services
 /// come first, so an upstream can never shadow health or reflection.
-fn select_destination<'a>(path: &'a str, upstreams: &'a [Arc<Upstream>]) -> Destination<'a> {
+fn select_destination<'a>(path: &'a str, upstreams: &'a [UpstreamRoute]) -> Destination<'a> {
     let Some((service, _method)) = split_grpc_path(path) else {
         return Destination::MalformedPath;
     };
@@ -79,7 +85,7 @@ fn select_destination<'a>(path: &'a str, upstreams: &'a [Arc<Upstream>]) -> Dest
         tonic_health::pb::health_server::SERVICE_NAME => Destination::Health,
         tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME => Destination::ReflectionV1,
         tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME => Destination::ReflectionV1Alpha,
-        _ => match upstreams.iter().find(|upstream| upstream.service_name() == service) {
+        _ => match upstreams.iter().find(|upstream| upstream.service_name == service) {
             Some(upstream) => Destination::Upstream(upstream),
             None => Destination::UnknownService { service },
         },
@@ -89,49 +95,49 @@ fn select_destination<'a>(path: &'a str, upstreams: &'a [Arc<Upstream>]) -> Dest
 // === impl Router ===
 
 impl Router {
-    /// The routes of every service with a configured upstream, with health
-    /// and reflection over exactly those services. Connects nothing yet.
-    pub(crate) fn new(config: &GatewayConfig, shutdown: CancellationToken) -> Result<Self, GatewayError> {
-        let mut upstreams = Vec::new();
-        let mut upstream_healths = Vec::new();
-        let mut descriptor_sets = Vec::new();
-        for route in config.service_routes() {
-            let Some(raw_uri) = route.upstream_uri else {
-                continue;
-            };
-            let authority = parse_upstream_uri(raw_uri).map_err(|problem| {
-                GatewayError::Config(mesh_kit::ConfigError::Invalid {
-                    problems: vec![format!("{}: {problem}", route.upstream_field)],
-                })
-            })?;
-            upstreams.push(Arc::new(Upstream::new(route.service_name, authority, config)));
-            let health_channel = mesh_kit::client::connect_lazy(raw_uri, config.upstream_connect_timeout)
-                .map_err(|source| GatewayError::HealthChannel { service: route.service_name, source })?;
-            upstream_healths
-                .push(UpstreamHealth { service_name: route.service_name, client: HealthClient::new(health_channel) });
-            descriptor_sets.push(route.descriptor_set);
-        }
-        let health =
-            GatewayHealth::new(upstream_healths, config.health_check_timeout, config.health_poll_interval, shutdown);
-        let (reflection_v1, reflection_v1alpha) = mesh_kit::server::reflection_services(&descriptor_sets)?;
-        let routes = Routes {
-            upstreams,
-            health: BoxCloneSyncService::new(HealthServer::new(health)),
-            reflection_v1: BoxCloneSyncService::new(reflection_v1),
-            reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
-        };
-        Ok(Self { routes: Arc::new(routes) })
+    pub(crate) fn new(upstreams: Vec<UpstreamRoute>, local: LocalServices) -> Self {
+        Self { routes: Arc::new(Routes { upstreams, local }) }
     }
 
     /// The services routed to an upstream, in config order.
     pub(crate) fn upstream_services(&self) -> Vec<&'static str> {
-        self.routes.upstreams.iter().map(|upstream| upstream.service_name()).collect()
+        self.routes.upstreams.iter().map(|upstream| upstream.service_name).collect()
+    }
+}
+
+type UpstreamFuture = <UpstreamService as Service<Request<Incoming>>>::Future;
+
+pin_project! {
+    /// The future of each kind of destination; only local calls are boxed.
+    #[project = RouteFutureProjection]
+    #[allow(missing_debug_implementations)] // holds unnameable futures
+    pub(crate) enum RouteFuture {
+        Upstream { #[pin] inner: UpstreamFuture },
+        Local { #[pin] inner: LocalFuture },
+        Refused { error: Option<EdgeError> },
+    }
+}
+
+impl Future for RouteFuture {
+    type Output = Result<Response<ResponseBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouteFutureProjection::Upstream { inner } => inner.poll(cx).map_ok(|response| response.map(Either::Left)),
+            RouteFutureProjection::Local { inner } => match std::task::ready!(inner.poll(cx)) {
+                Ok(response) => Poll::Ready(Ok(response.map(Either::Right))),
+                Err(never) => match never {},
+            },
+            RouteFutureProjection::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("a refusal is polled once, then dropped").into()))
+            }
+        }
     }
 }
 
 impl Service<Request<Incoming>> for Router {
     type Response = Response<ResponseBody>;
-    type Error = Infallible;
+    type Error = BoxError;
     type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -139,52 +145,52 @@ impl Service<Request<Incoming>> for Router {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let local = &self.routes.local;
         let local_service = match select_destination(request.uri().path(), &self.routes.upstreams) {
             Destination::Upstream(upstream) => {
-                let upstream = Arc::clone(upstream);
-                return Box::pin(async move { Ok(upstream.forward(request).await) });
+                return RouteFuture::Upstream { inner: upstream.service.clone().call(request) };
             }
             Destination::UnknownService { service } => {
-                return error_response(&EdgeError::UnknownService { service: service.to_owned() });
+                let error = EdgeError::UnknownService { service: service.to_owned() };
+                return RouteFuture::Refused { error: Some(error) };
             }
             Destination::MalformedPath => {
-                return error_response(&EdgeError::MalformedPath { path: request.uri().path().to_owned() });
+                let error = EdgeError::MalformedPath { path: request.uri().path().to_owned() };
+                return RouteFuture::Refused { error: Some(error) };
             }
-            Destination::Health => self.routes.health.clone(),
-            Destination::ReflectionV1 => self.routes.reflection_v1.clone(),
-            Destination::ReflectionV1Alpha => self.routes.reflection_v1alpha.clone(),
+            Destination::Health => local.health.clone(),
+            Destination::ReflectionV1 => local.reflection_v1.clone(),
+            Destination::ReflectionV1Alpha => local.reflection_v1alpha.clone(),
         };
-        Box::pin(async move {
-            let response = local_service.oneshot(request.map(tonic::body::Body::new)).await?;
-            Ok(response.map(Either::Right))
-        })
+        RouteFuture::Local { inner: Box::pin(local_service.oneshot(request.map(tonic::body::Body::new))) }
     }
-}
-
-/// A trailers-only error response. Called inside the call's context, so the
-/// status carries the correlation id.
-fn error_response(error: &EdgeError) -> RouteFuture {
-    let response = mesh_kit::to_status(error).into_http::<tonic::body::Body>().map(Either::Right);
-    Box::pin(std::future::ready(Ok(response)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GatewayConfig;
 
-    fn cache_upstream() -> Arc<Upstream> {
-        let authority = parse_upstream_uri("http://127.0.0.1:50061").unwrap();
-        Arc::new(Upstream::new("mesh.cache.v1.Cache", authority, &GatewayConfig::default()))
+    fn cache_route() -> UpstreamRoute {
+        let config =
+            GatewayConfig { cache_upstream: Some("http://127.0.0.1:50061".into()), ..GatewayConfig::default() };
+        let settings = crate::reload::LiveSettings::new(&config).expect("valid settings");
+        let metrics = crate::metrics::GatewayMetrics::new([]);
+        let upstream = &settings.upstreams[0];
+        UpstreamRoute {
+            service_name: upstream.service_name,
+            service: crate::stack::upstream_service(upstream, &metrics),
+        }
     }
 
     /// The destination, as text: the variant and the service it names.
     fn check(path: &str, expected: &str) {
-        let upstreams = [cache_upstream()];
+        let upstreams = [cache_route()];
         let destination = match select_destination(path, &upstreams) {
             Destination::Health => "health".to_owned(),
             Destination::ReflectionV1 => "reflection v1".to_owned(),
             Destination::ReflectionV1Alpha => "reflection v1alpha".to_owned(),
-            Destination::Upstream(upstream) => format!("upstream {}", upstream.service_name()),
+            Destination::Upstream(upstream) => format!("upstream {}", upstream.service_name),
             Destination::UnknownService { service } => format!("unknown {service}"),
             Destination::MalformedPath => "malformed".to_owned(),
         };
@@ -211,21 +217,5 @@ mod tests {
         check("/mesh.cache.v1.Cache/", "malformed");
         check("//Get", "malformed");
         check("/mesh.cache.v1.Cache/Get/extra", "malformed");
-    }
-
-    #[tokio::test]
-    async fn an_unknown_service_is_unimplemented_and_named_with_the_correlation_id() {
-        let context = mesh_kit::CallContext {
-            correlation_id: mesh_kit::CorrelationId::parse("corr-route-1").unwrap(),
-            deadline: None,
-        };
-        let response = mesh_kit::correlation::scope(context, async {
-            error_response(&EdgeError::UnknownService { service: "mesh.nope.v1.Nope".into() }).await.unwrap()
-        })
-        .await;
-        let status = tonic::Status::from_header_map(response.headers()).expect("trailers-only status in the headers");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-        assert!(status.message().contains("mesh.nope.v1.Nope"), "{}", status.message());
-        assert_eq!(response.headers()["x-correlation-id"], "corr-route-1");
     }
 }

@@ -9,11 +9,24 @@
 
 mod cache_cli;
 mod run;
+mod services;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use services::ServiceName;
+
+/// jemalloc, so every server can report allocator figures and heap profiles
+/// (`mesh.memory.v1.MemoryIntrospection`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// SAFETY: jemalloc reads this NUL-terminated string once, at its first allocation, and nothing writes it.
+// `prof:true` compiles heap sampling in; `prof_active:false` keeps it off until `MESH_SERVER_HEAP_PROFILING=true`.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
 
 /// Exit status for invalid configuration or usage (sysexits `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
@@ -35,6 +48,21 @@ enum Command {
     Gateway(GatewayArgs),
     /// Calls the Cache service through the gateway.
     Cache(cache_cli::CacheArgs),
+    /// Runs the Virtualmin simulator (remote.cgi over HTTP with a seeded data set).
+    VirtualminSim(SimulatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: SocketAddr,
+    /// Domains in the seeded data set.
+    #[arg(long, default_value_t = 50)]
+    domains: usize,
+    /// The password of user `root`.
+    #[arg(long, default_value = "simulator")]
+    password: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,16 +70,13 @@ struct UpArgs {
     /// Address of the gateway, the one endpoint callers use (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:50051")]
     gateway_listen: SocketAddr,
-    /// Address of the Cache service.
-    #[arg(long, default_value = "127.0.0.1:50061")]
-    cache_listen: SocketAddr,
-}
-
-/// The services `mesh serve` can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ServiceName {
-    /// `mesh.cache.v1.Cache`.
-    Cache,
+    /// Host the services listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    services_host: std::net::IpAddr,
+    /// First service port: the cache listens on it, the others on the ports after it.
+    /// 0 gives every service a free port of the system's choosing.
+    #[arg(long, default_value_t = 50061)]
+    services_base_port: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +110,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => run::serve(args).await,
             Command::Gateway(args) => run::gateway(args).await,
             Command::Cache(args) => cache_cli::run(args).await,
+            Command::VirtualminSim(args) => run::virtualmin_simulator(args).await,
         }
     })
 }

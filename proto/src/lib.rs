@@ -38,3 +38,76 @@ pub mod cache {
         pub const SERVICE_NAME: &str = "mesh.cache.v1.Cache";
     }
 }
+
+/// The `DockerOps` service (`mesh.docker.v1`).
+pub mod docker {
+    /// Version 1 of `mesh.docker`.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, clippy::pedantic)] // generated code
+        tonic::include_proto!("mesh.docker.v1");
+
+        /// `mesh.docker.v1` and its imports, encoded.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh.docker.v1.bin"));
+
+        /// The fully qualified service name, as routed by the gateway.
+        pub const SERVICE_NAME: &str = "mesh.docker.v1.DockerOps";
+    }
+}
+
+/// The `VpnUsers` service (`mesh.vpnusers.v1`).
+pub mod vpnusers {
+    /// Version 1 of `mesh.vpnusers`.
+    pub mod v1 {
+        // Generated code; `SetStatusRequest.selector` is a oneof of a filter and an id list.
+        #![allow(missing_docs, unreachable_pub, clippy::pedantic, clippy::large_enum_variant)]
+        tonic::include_proto!("mesh.vpnusers.v1");
+
+        /// `mesh.vpnusers.v1` and its imports, encoded.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh.vpnusers.v1.bin"));
+
+        /// The fully qualified service name, as routed by the gateway.
+        pub const SERVICE_NAME: &str = "mesh.vpnusers.v1.VpnUsers";
+    }
+}
+
+/// The `VirtualminGateway` service (`mesh.virtualmin.v1`).
+pub mod virtualmin {
+    /// Version 1 of `mesh.virtualmin`.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, clippy::pedantic)] // generated code
+        tonic::include_proto!("mesh.virtualmin.v1");
+
+        /// `mesh.virtualmin.v1` and its imports, encoded.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh.virtualmin.v1.bin"));
+
+        /// The fully qualified service name, as routed by the gateway.
+        pub const SERVICE_NAME: &str = "mesh.virtualmin.v1.VirtualminGateway";
+    }
+}
+
+/// Memory introspection, served by every mesh server, and the `MemoryProfiler` (`mesh.memory.v1`).
+pub mod memory {
+    /// Version 1 of `mesh.memory`.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, clippy::pedantic)] // generated code
+        tonic::include_proto!("mesh.memory.v1");
+
+        /// `mesh.memory.v1` (both services) and its imports, encoded.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh.memory.v1.bin"));
+
+        /// `introspection.proto` and its imports, encoded: what every server
+        /// advertises, without the MemoryProfiler only one server runs.
+        pub const INTROSPECTION_FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/mesh.memory.v1.introspection.proto.bin"));
+
+        /// `profiler.proto` and its imports (introspection's messages included), encoded.
+        pub const PROFILER_FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/mesh.memory.v1.profiler.proto.bin"));
+
+        /// The fully qualified name of the service every server runs.
+        pub const INTROSPECTION_SERVICE_NAME: &str = "mesh.memory.v1.MemoryIntrospection";
+
+        /// The fully qualified name of the profiler, as routed by the gateway.
+        pub const PROFILER_SERVICE_NAME: &str = "mesh.memory.v1.MemoryProfiler";
+    }
+}

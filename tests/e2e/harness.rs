@@ -18,6 +18,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running `mesh up`, killed when dropped.
 pub(crate) struct TestMesh {
     child: Child,
+    _data_dir: tempfile::TempDir,
     /// `127.0.0.1:PORT` of the gateway.
     pub(crate) gateway_addr: String,
 }
@@ -30,11 +31,14 @@ impl TestMesh {
 
     /// Starts the mesh with extra environment variables for the child only.
     pub(crate) async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        // Each mesh keeps its databases in a directory of its own, removed on drop.
+        let data_dir = tempfile::tempdir().expect("a temporary data directory");
         let mut command = Command::new(env!("CARGO_BIN_EXE_mesh"));
         command
-            .args(["up", "--gateway-listen", "127.0.0.1:0", "--cache-listen", "127.0.0.1:0"])
+            .args(["up", "--gateway-listen", "127.0.0.1:0", "--services-base-port", "0"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", "warn")
+            .env("MESH_VPNUSERS_DATA_DIR", data_dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -61,7 +65,7 @@ impl TestMesh {
         .expect("mesh printed its endpoints in time");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mesh = Self { child, gateway_addr: gateway_addr.unwrap() };
+        let mesh = Self { child, _data_dir: data_dir, gateway_addr: gateway_addr.unwrap() };
         mesh.wait_until_serving().await;
         mesh
     }

@@ -12,13 +12,18 @@
 //! - [`server`]: [`MeshServer`], the bootstrap every service uses.
 //! - [`client`]: [`client::MeshChannel`] for calls between services.
 //! - [`shutdown`], [`memory`]: signals and `/proc/self` memory use.
+//! - [`allocator`]: jemalloc's figures, purging, heap profiles.
+//! - [`introspection`]: `mesh.memory.v1.MemoryIntrospection`, on every server,
+//!   and [`MemoryGauges`], the sizes a service reports for its parts.
 
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod client;
 pub mod config;
 pub mod correlation;
 pub mod error;
+pub mod introspection;
 pub mod memory;
 pub mod rpc_span;
 pub mod server;
@@ -28,9 +33,16 @@ pub mod telemetry;
 pub use config::{ConfigError, ConfigProblem, ConfigSource, ConfigWatch, ServiceConfig};
 pub use correlation::{CallContext, CorrelationId, CorrelationLayer};
 pub use error::{RpcError, to_status, to_status_proto};
+pub use introspection::{MemoryGauge, MemoryGauges};
 pub use rpc_span::RpcSpanLayer;
 pub use server::{MeshServer, ServeError, ServerSettings};
 pub use tokio_util::sync::CancellationToken;
+
+// Unit tests allocate through jemalloc, as the `mesh` binary does, so the
+// allocator's figures are real.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Everything a service needs to start: where to listen, its settings, and
 /// when to stop. Built by the `mesh` binary, or by tests on port 0.

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigProblem, ServiceConfig, duration_secs};
 use crate::correlation::CorrelationLayer;
+use crate::introspection::{MemoryGauge, MemoryGauges, MemoryIntrospectionGrpc};
 use crate::rpc_span::RpcSpanLayer;
 
 /// Transport settings shared by every service, from `MESH_SERVER_*`.
@@ -49,6 +50,10 @@ pub struct ServerSettings {
     /// How long shutdown waits for in-flight calls before giving up on them.
     #[serde(with = "duration_secs")]
     pub shutdown_grace: Duration,
+    /// Whether `MemoryIntrospection.HeapProfile` may sample and dump the heap.
+    /// Needs a process started with jemalloc's `prof:true` (the `mesh` binary's
+    /// `malloc_conf`); sampling starts when the server does.
+    pub heap_profiling: bool,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +67,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 1024,
             max_pending_accept_reset_streams: 1024,
             shutdown_grace: Duration::from_secs(20),
+            heap_profiling: false,
         }
     }
 }
@@ -113,13 +119,36 @@ pub struct MeshServer {
     routes: RoutesBuilder,
     descriptor_sets: Vec<&'static [u8]>,
     service_names: Vec<&'static str>,
+    memory_gauges: MemoryGauges,
 }
 
 impl MeshServer {
     /// A server with no services yet.
     #[must_use]
     pub fn new(settings: ServerSettings) -> Self {
-        Self { settings, routes: RoutesBuilder::default(), descriptor_sets: Vec::new(), service_names: Vec::new() }
+        Self {
+            settings,
+            routes: RoutesBuilder::default(),
+            descriptor_sets: Vec::new(),
+            service_names: Vec::new(),
+            memory_gauges: MemoryGauges::new(),
+        }
+    }
+
+    /// Registers a gauge that `MemoryIntrospection.GetMemoryStats` reports
+    /// (and the `MemoryProfiler` watches for leaks) under `name`, e.g.
+    /// `cache_bytes`; end the name in `_bytes` when it counts bytes.
+    #[must_use]
+    pub fn with_memory_gauge(self, name: impl Into<String>, gauge: MemoryGauge) -> Self {
+        self.memory_gauges.register(name, gauge);
+        self
+    }
+
+    /// The server's gauge registry, to register parts created after the
+    /// server is built; clones share it.
+    #[must_use]
+    pub fn memory_gauges(&self) -> MemoryGauges {
+        self.memory_gauges.clone()
     }
 
     /// The transport settings, for services that size their own limits.
@@ -150,6 +179,7 @@ impl MeshServer {
     /// up to `shutdown_grace`.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
         let local_addr = listener.local_addr()?;
+        self = self.with_memory_introspection().await;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.service_names {
             health_reporter.set_service_status(*name, ServingStatus::Serving).await;
@@ -192,6 +222,24 @@ impl MeshServer {
         }
         info!(%local_addr, "stopped");
         Ok(())
+    }
+}
+
+impl MeshServer {
+    /// Adds `mesh.memory.v1.MemoryIntrospection`, which every server runs, and
+    /// starts heap sampling when `heap_profiling` is set.
+    async fn with_memory_introspection(self) -> Self {
+        use mesh_proto::memory::v1::INTROSPECTION_FILE_DESCRIPTOR_SET;
+        use mesh_proto::memory::v1::memory_introspection_server::MemoryIntrospectionServer;
+
+        let heap_profiling = self.settings.heap_profiling;
+        if heap_profiling && let Err(error) = crate::allocator::activate_heap_profiling().await {
+            warn!(%error, "heap profiling requested but unavailable; HeapProfile will refuse");
+        }
+        let introspection =
+            MemoryIntrospectionServer::new(MemoryIntrospectionGrpc::new(self.memory_gauges.clone(), heap_profiling))
+                .max_encoding_message_size(self.settings.max_message_bytes);
+        self.add_service(introspection, INTROSPECTION_FILE_DESCRIPTOR_SET)
     }
 }
 

@@ -1,0 +1,139 @@
+//! Sequential vs batched `DockerOps` calls against the real engine, in one run:
+//! starting 10 containers and reading the stats of 20, through a real
+//! server on `127.0.0.1:0` and the generated client.
+//!
+//! "Sequential" is one call per container, each awaited before the next (how
+//! a caller without batch calls does it); "batched" is one call for all of
+//! them at the given concurrency. Each figure is the median of `ROUNDS`
+//! rounds; between start rounds the containers are stopped again (untimed).
+//! Run with `cargo bench -p mesh-docker --bench batch_vs_sequential`; under
+//! `cargo test` it does nothing, so the test suite does not time anything.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mesh_proto::docker::v1 as pb;
+use support::{TestDockerOps, assert_ok};
+
+/// Rounds per figure; the median is reported.
+const ROUNDS: usize = 7;
+
+fn main() {
+    let is_bench = std::env::args().any(|arg| arg == "--bench");
+    if !is_bench {
+        println!("batch_vs_sequential: skipped (run it with `cargo bench`)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let mut mesh = TestDockerOps::start().await;
+    let stats_ids = mesh.create_managed(20, true).await;
+    let start_ids = mesh.create_managed(10, false).await;
+
+    println!("start 10 containers (median of {ROUNDS})");
+    report("sequential, 10 calls", time_starts(&mut mesh, &start_ids, None).await);
+    for max_concurrent in [5, 10] {
+        let median = time_starts(&mut mesh, &start_ids, Some(max_concurrent)).await;
+        report(&format!("batched, 1 call, max_concurrent {max_concurrent}"), median);
+    }
+
+    println!("stats of 20 running containers (median of {ROUNDS})");
+    for window_ms in [0u64, 200] {
+        let window = Duration::from_millis(window_ms);
+        let mut sequential = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            sequential.push(stats_one_by_one(&mut mesh, &stats_ids, window).await);
+        }
+        report(&format!("sequential, 20 calls, cpu window {window_ms} ms"), median(sequential));
+        for max_concurrent in [5, 10] {
+            let mut batched = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                batched.push(stats_batched(&mut mesh, &stats_ids, window, max_concurrent).await);
+            }
+            let label = format!("batched, 1 call, max_concurrent {max_concurrent}, cpu window {window_ms} ms");
+            report(&label, median(batched));
+        }
+    }
+    mesh.cleanup.remove_all();
+}
+
+fn report(label: &str, median: Duration) {
+    println!("  {label:<58} {:>8.1} ms", median.as_secs_f64() * 1000.0);
+}
+
+fn median(mut durations: Vec<Duration>) -> Duration {
+    durations.sort();
+    durations[durations.len() / 2]
+}
+
+/// Times starting `ids` over `ROUNDS` rounds, one call per container when
+/// `batched_concurrency` is `None`, stopping them (untimed) before each round.
+async fn time_starts(mesh: &mut TestDockerOps, ids: &[String], batched_concurrency: Option<u32>) -> Duration {
+    let mut durations = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let stopped = mesh
+            .client
+            .stop_containers(pb::StopContainersRequest {
+                container_ids: ids.to_vec(),
+                max_concurrent: 10,
+                stop_timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            })
+            .await
+            .expect("stop")
+            .into_inner();
+        stopped.results.iter().for_each(|r| assert_ok(r.result.as_ref()));
+        let started_at = Instant::now();
+        match batched_concurrency {
+            None => start_one_by_one(mesh, ids.to_vec()).await,
+            Some(max_concurrent) => start_batched(mesh, ids.to_vec(), max_concurrent).await,
+        }
+        durations.push(started_at.elapsed());
+    }
+    median(durations)
+}
+
+async fn start_one_by_one(mesh: &mut TestDockerOps, ids: Vec<String>) {
+    for id in ids {
+        let request = pb::StartContainersRequest { container_ids: vec![id], max_concurrent: 1 };
+        let response = mesh.client.start_containers(request).await.expect("start").into_inner();
+        assert_ok(response.results[0].result.as_ref());
+    }
+}
+
+async fn start_batched(mesh: &mut TestDockerOps, ids: Vec<String>, max_concurrent: u32) {
+    let request = pb::StartContainersRequest { container_ids: ids, max_concurrent };
+    let response = mesh.client.start_containers(request).await.expect("start").into_inner();
+    response.results.iter().for_each(|r| assert_ok(r.result.as_ref()));
+}
+
+fn window_to_wire(window: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(window).ok()
+}
+
+async fn stats_one_by_one(mesh: &mut TestDockerOps, ids: &[String], window: Duration) -> Duration {
+    let started_at = Instant::now();
+    for id in ids {
+        let request = pb::GetStatsRequest {
+            container_ids: vec![id.clone()],
+            max_concurrent: 1,
+            cpu_sample_window: window_to_wire(window),
+        };
+        let response = mesh.client.get_stats(request).await.expect("stats").into_inner();
+        assert_ok(response.stats[0].result.as_ref());
+    }
+    started_at.elapsed()
+}
+
+async fn stats_batched(mesh: &mut TestDockerOps, ids: &[String], window: Duration, max_concurrent: u32) -> Duration {
+    let started_at = Instant::now();
+    let request =
+        pb::GetStatsRequest { container_ids: ids.to_vec(), max_concurrent, cpu_sample_window: window_to_wire(window) };
+    let response = mesh.client.get_stats(request).await.expect("stats").into_inner();
+    response.stats.iter().for_each(|s| assert_ok(s.result.as_ref()));
+    started_at.elapsed()
+}

@@ -1,0 +1,267 @@
+//! `VpnUsersConfig`: the VpnUsers service's settings, read from
+//! `MESH_VPNUSERS_*` (or the `[vpnusers]` table of the config file) over the
+//! defaults. The conventional `DATABASE_URL` is accepted as an alias of
+//! `MESH_VPNUSERS_DATABASE_URL` (see [`with_aliases`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_kit::config::duration_secs;
+use mesh_kit::{ConfigProblem, ConfigSource, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable most tools use for a database URL.
+pub const DATABASE_URL_ALIAS: &str = "DATABASE_URL";
+/// The service's own name for it.
+pub const DATABASE_URL_VAR: &str = "MESH_VPNUSERS_DATABASE_URL";
+/// The SQLite file created under `data_dir` when no database URL is set.
+pub const SQLITE_FILE_NAME: &str = "vpnusers.sqlite3";
+
+/// Settings for the VpnUsers service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VpnUsersConfig {
+    /// `postgres://user:password@host/db` (or `sqlite://path`); empty means
+    /// the embedded SQLite file under `data_dir` (*restart*).
+    pub database_url: DatabaseUrl,
+    /// Directory of the embedded SQLite database, created if missing (*restart*).
+    pub data_dir: PathBuf,
+    /// Most pooled database connections (*restart*).
+    pub max_connections: u32,
+    /// How long to wait for a database connection, in seconds (*restart*).
+    #[serde(with = "duration_secs")]
+    pub connect_timeout: Duration,
+    /// Most items in one CreateUsers, UpdateUsers, DeleteUsers or GetUsers call.
+    pub max_batch_size: usize,
+    /// Most ids in one SetStatus call.
+    pub max_bulk_ids: usize,
+    /// Page size when a request asks for 0.
+    pub default_page_size: u32,
+    /// Largest page a request may ask for.
+    pub max_page_size: u32,
+    /// `http://host:port` of the Cache service; empty means no cache (*restart*).
+    pub cache_endpoint: String,
+    /// How long a user stays in the cache, in seconds.
+    #[serde(with = "duration_secs")]
+    pub cache_ttl: Duration,
+    /// Longest a cache call may take before the database serves instead, in seconds.
+    #[serde(with = "duration_secs")]
+    pub cache_timeout: Duration,
+    /// After a failed cache call, how long reads skip the cache before trying
+    /// it again, in seconds.
+    #[serde(with = "duration_secs")]
+    pub cache_retry_after: Duration,
+}
+
+impl Default for VpnUsersConfig {
+    fn default() -> Self {
+        Self {
+            database_url: DatabaseUrl::default(),
+            data_dir: PathBuf::from("data"),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+            max_batch_size: 100,
+            max_bulk_ids: 10_000,
+            default_page_size: 50,
+            max_page_size: 1000,
+            cache_endpoint: String::new(),
+            cache_ttl: Duration::from_secs(60),
+            cache_timeout: Duration::from_millis(250),
+            cache_retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl VpnUsersConfig {
+    /// Where the data lives.
+    #[must_use]
+    pub fn database_location(&self) -> DatabaseLocation {
+        if self.database_url.is_empty() {
+            DatabaseLocation::SqliteFile(self.data_dir.join(SQLITE_FILE_NAME))
+        } else {
+            DatabaseLocation::Url(self.database_url.clone())
+        }
+    }
+
+    /// The Cache service endpoint, if one is configured.
+    #[must_use]
+    pub fn cache_endpoint(&self) -> Option<&str> {
+        Some(self.cache_endpoint.as_str()).filter(|endpoint| !endpoint.is_empty())
+    }
+}
+
+/// Where the service keeps its users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// The embedded SQLite file.
+    SqliteFile(PathBuf),
+    /// A database URL (`postgres://`, `postgresql://` or `sqlite:`).
+    Url(DatabaseUrl),
+}
+
+impl ServiceConfig for VpnUsersConfig {
+    const FILE_SECTION: &'static str = "vpnusers";
+    const ENV_PREFIX: &'static str = "MESH_VPNUSERS_";
+
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if !self.database_url.is_empty() && !self.database_url.has_supported_scheme() {
+            problems.push(ConfigProblem::new(
+                "database_url",
+                "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite file)",
+            ));
+        }
+        if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
+            problems.push(ConfigProblem::new("data_dir", "must not be empty when database_url is unset"));
+        }
+        ConfigProblem::check_range(&mut problems, "max_connections", self.max_connections, 1, 1000);
+        ConfigProblem::check_range(&mut problems, "max_batch_size", self.max_batch_size, 1, 10_000);
+        // SQLite binds at most 32766 parameters per statement.
+        ConfigProblem::check_range(&mut problems, "max_bulk_ids", self.max_bulk_ids, 1, 30_000);
+        ConfigProblem::check_range(&mut problems, "max_page_size", self.max_page_size, 1, 10_000);
+        ConfigProblem::check_range(&mut problems, "default_page_size", self.default_page_size, 1, self.max_page_size);
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("cache_ttl", self.cache_ttl),
+            ("cache_timeout", self.cache_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(ConfigProblem::new(field, "must be greater than 0"));
+            }
+        }
+        if let Some(endpoint) = self.cache_endpoint()
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(ConfigProblem::new("cache_endpoint", "must be http://host:port (or empty for no cache)"));
+        }
+        problems
+    }
+}
+
+/// `source` with `DATABASE_URL` copied to `MESH_VPNUSERS_DATABASE_URL` when
+/// only the former is set, so the conventional name works and the service's
+/// own name wins when both are.
+#[must_use]
+pub fn with_aliases(source: &ConfigSource) -> ConfigSource {
+    match (source.var(DATABASE_URL_VAR), source.var(DATABASE_URL_ALIAS)) {
+        (None, Some(url)) => source.clone().with_var(DATABASE_URL_VAR, url),
+        _ => source.clone(),
+    }
+}
+
+/// A database URL. It may hold a password, so `Debug` and `Display` show it
+/// with the password replaced.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the database driver only.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no URL is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether this is a PostgreSQL URL.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
+    fn has_supported_scheme(&self) -> bool {
+        self.is_postgres() || self.0.starts_with("sqlite:")
+    }
+
+    /// The URL with any password replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _password)| user);
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}{path}")
+                } else {
+                    format!("{scheme}://{user}@{host}{path}")
+                }
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({:?})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<VpnUsersConfig, mesh_kit::ConfigError> {
+        let source = vars.iter().fold(ConfigSource::default(), |s, (k, v)| s.with_var(*k, *v));
+        mesh_kit::config::load(&with_aliases(&source))
+    }
+
+    #[test]
+    fn defaults_are_sqlite_under_data_without_cache() {
+        let config = load(&[]).expect("defaults");
+        assert_eq!(config.database_location(), DatabaseLocation::SqliteFile(PathBuf::from("data/vpnusers.sqlite3")));
+        assert_eq!(config.max_batch_size, 100);
+        assert_eq!(config.cache_endpoint(), None);
+    }
+
+    #[test]
+    fn database_url_alias_applies_unless_the_own_name_is_set() {
+        let config = load(&[("DATABASE_URL", "postgres://u:p@h/db")]).unwrap();
+        assert!(config.database_url.is_postgres());
+        let config =
+            load(&[("DATABASE_URL", "postgres://u:p@h/db"), ("MESH_VPNUSERS_DATABASE_URL", "sqlite://x.db")]).unwrap();
+        assert_eq!(config.database_url.expose(), "sqlite://x.db");
+    }
+
+    #[test]
+    fn problems_name_the_variable() {
+        let error = load(&[("MESH_VPNUSERS_MAX_BATCH_SIZE", "0")]).unwrap_err().to_string();
+        assert!(error.contains("MESH_VPNUSERS_MAX_BATCH_SIZE: must be between 1 and 10000 (got 0)"), "{error}");
+        let error = load(&[("MESH_VPNUSERS_DATABASE_URL", "mysql://x")]).unwrap_err().to_string();
+        assert!(error.contains("MESH_VPNUSERS_DATABASE_URL"), "{error}");
+        let error = load(&[("MESH_VPNUSERS_CACHE_ENDPOINT", "cache:50061")]).unwrap_err().to_string();
+        assert!(error.contains("MESH_VPNUSERS_CACHE_ENDPOINT"), "{error}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let url = DatabaseUrl::new("postgres://mesh:hunter2@127.0.0.1:5432/users");
+        assert_eq!(url.redacted(), "postgres://mesh:***@127.0.0.1:5432/users");
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        let config = VpnUsersConfig { database_url: url, ..VpnUsersConfig::default() };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(DatabaseUrl::new("postgres://h/db").redacted(), "postgres://h/db");
+    }
+}

@@ -1,0 +1,234 @@
+//! The stored form of users: the `vpn_users` entity and the migrations that
+//! create it on SQLite and PostgreSQL.
+//!
+//! Both backends hold the same columns with the same meaning, so every query
+//! means the same thing on both:
+//! - instants are `BIGINT` microseconds since the Unix epoch (UTC), and "never
+//!   expires" is stored as `i64::MAX`, so it sorts after every date and falls
+//!   outside every bounded range without `NULL` handling;
+//! - byte counts are `BIGINT` (at most 2^63 - 1, checked on the way in);
+//! - status and protocol are short lowercase text;
+//! - `search_text` is username, email and note lowercased with every
+//!   non-alphanumeric character turned into a space (see [`crate::search`]),
+//!   indexed by FTS5 on SQLite and by a generated `tsvector` on PostgreSQL.
+//!
+//! `seq` is the row's integer key. It exists for SQLite: FTS5 follows rows by
+//! an integer rowid, and only an `INTEGER PRIMARY KEY` keeps its rowid across
+//! `VACUUM`. The public identity is `id`.
+
+use sea_orm::DbBackend;
+use sea_orm_migration::prelude::*;
+
+/// The `vpn_users` table as sea-orm sees it.
+pub mod vpn_user {
+    use sea_orm::entity::prelude::*;
+
+    /// One stored user.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "vpn_users")]
+    pub struct Model {
+        /// Integer row key; see the module docs.
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        /// Public UUID v7.
+        #[sea_orm(unique)]
+        pub id: Uuid,
+        /// Unique login name.
+        #[sea_orm(unique)]
+        pub username: String,
+        /// Contact address.
+        pub email: String,
+        /// `active`, `suspended`, `expired` or `disabled`.
+        pub status: String,
+        /// `wireguard`, `openvpn`, `ikev2`, `l2tp`, `shadowsocks` or `vless`.
+        pub protocol: String,
+        /// Traffic used, in bytes.
+        pub traffic_used_bytes: i64,
+        /// Traffic allowed, in bytes; 0 means unlimited.
+        pub traffic_limit_bytes: i64,
+        /// Expiry in Unix microseconds; `i64::MAX` means never.
+        pub expires_at_micros: i64,
+        /// Creation time in Unix microseconds.
+        pub created_at_micros: i64,
+        /// Last change in Unix microseconds.
+        pub updated_at_micros: i64,
+        /// Free text.
+        pub note: String,
+        /// Normalised words of username, email and note, for full-text search.
+        pub search_text: String,
+    }
+
+    /// `vpn_users` relates to no other table.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Small service-owned values, such as the page token signing key.
+pub mod service_meta {
+    use sea_orm::entity::prelude::*;
+
+    /// One named value.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "vpn_users_meta")]
+    pub struct Model {
+        /// The value's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The value.
+        pub value: String,
+    }
+
+    /// `vpn_users_meta` relates to no other table.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Applies the schema's migrations in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateUsers)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "vpn_users_migrations".into_iden()
+    }
+}
+
+/// The first schema: users, their indexes, full-text search, and the meta table.
+#[derive(Debug, DeriveMigrationName)]
+struct CreateUsers;
+
+#[derive(DeriveIden)]
+enum VpnUsers {
+    Table,
+    Seq,
+    Id,
+    Username,
+    Email,
+    Status,
+    Protocol,
+    TrafficUsedBytes,
+    TrafficLimitBytes,
+    ExpiresAtMicros,
+    CreatedAtMicros,
+    UpdatedAtMicros,
+    Note,
+    SearchText,
+}
+
+#[derive(DeriveIden)]
+enum VpnUsersMeta {
+    Table,
+    Name,
+    Value,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateUsers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(VpnUsers::Table)
+                    .col(ColumnDef::new(VpnUsers::Seq).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(VpnUsers::Id).uuid().not_null().unique_key())
+                    .col(ColumnDef::new(VpnUsers::Username).string_len(64).not_null().unique_key())
+                    .col(ColumnDef::new(VpnUsers::Email).string_len(254).not_null())
+                    .col(ColumnDef::new(VpnUsers::Status).string_len(16).not_null())
+                    .col(ColumnDef::new(VpnUsers::Protocol).string_len(16).not_null())
+                    .col(ColumnDef::new(VpnUsers::TrafficUsedBytes).big_integer().not_null())
+                    .col(ColumnDef::new(VpnUsers::TrafficLimitBytes).big_integer().not_null())
+                    .col(ColumnDef::new(VpnUsers::ExpiresAtMicros).big_integer().not_null())
+                    .col(ColumnDef::new(VpnUsers::CreatedAtMicros).big_integer().not_null())
+                    .col(ColumnDef::new(VpnUsers::UpdatedAtMicros).big_integer().not_null())
+                    .col(ColumnDef::new(VpnUsers::Note).text().not_null())
+                    .col(ColumnDef::new(VpnUsers::SearchText).text().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        // Each index serves a sort of ListUsers (keyset on `(column, id)`),
+        // a filter, or a GROUP BY of GetStats; each costs every insert a
+        // little, so there is none without a query behind it.
+        let indexes: [(&str, Vec<VpnUsers>); 6] = [
+            ("vpn_users_created", vec![VpnUsers::CreatedAtMicros, VpnUsers::Id]),
+            ("vpn_users_status_created", vec![VpnUsers::Status, VpnUsers::CreatedAtMicros, VpnUsers::Id]),
+            ("vpn_users_expires", vec![VpnUsers::ExpiresAtMicros, VpnUsers::Id]),
+            ("vpn_users_updated", vec![VpnUsers::UpdatedAtMicros, VpnUsers::Id]),
+            ("vpn_users_traffic_used", vec![VpnUsers::TrafficUsedBytes, VpnUsers::Id]),
+            ("vpn_users_protocol", vec![VpnUsers::Protocol]),
+        ];
+        for (name, columns) in indexes {
+            let mut index = Index::create();
+            index.name(name).table(VpnUsers::Table);
+            for column in columns {
+                index.col(column);
+            }
+            let index = index;
+            manager.create_index(index).await?;
+        }
+        manager
+            .create_index(
+                Index::create().name("vpn_users_email").table(VpnUsers::Table).col(VpnUsers::Email).to_owned(),
+            )
+            .await?;
+
+        let connection = manager.get_connection();
+        match manager.get_database_backend() {
+            DbBackend::Sqlite => {
+                for statement in SQLITE_FULL_TEXT {
+                    connection.execute_unprepared(statement).await?;
+                }
+            }
+            DbBackend::Postgres => {
+                for statement in POSTGRES_FULL_TEXT {
+                    connection.execute_unprepared(statement).await?;
+                }
+            }
+            other => return Err(DbErr::Migration(format!("unsupported database backend {other:?}"))),
+        }
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(VpnUsersMeta::Table)
+                    .col(ColumnDef::new(VpnUsersMeta::Name).string_len(64).not_null().primary_key())
+                    .col(ColumnDef::new(VpnUsersMeta::Value).text().not_null())
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// FTS5 over `search_text`, kept in step by triggers. External content
+/// (`content='vpn_users'`) stores the text once; `remove_diacritics 0` and
+/// our own lowercasing give PostgreSQL's `simple` configuration's words.
+const SQLITE_FULL_TEXT: [&str; 4] = [
+    "CREATE VIRTUAL TABLE vpn_users_fts USING fts5(search_text, content='vpn_users', content_rowid='seq', \
+     tokenize = 'unicode61 remove_diacritics 0')",
+    "CREATE TRIGGER vpn_users_fts_insert AFTER INSERT ON vpn_users BEGIN \
+     INSERT INTO vpn_users_fts(rowid, search_text) VALUES (new.seq, new.search_text); END",
+    "CREATE TRIGGER vpn_users_fts_delete AFTER DELETE ON vpn_users BEGIN \
+     INSERT INTO vpn_users_fts(vpn_users_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text); END",
+    "CREATE TRIGGER vpn_users_fts_update AFTER UPDATE OF search_text ON vpn_users BEGIN \
+     INSERT INTO vpn_users_fts(vpn_users_fts, rowid, search_text) VALUES ('delete', old.seq, old.search_text); \
+     INSERT INTO vpn_users_fts(rowid, search_text) VALUES (new.seq, new.search_text); END",
+];
+
+/// Byte-order usernames (SQLite's `BINARY`, so sorting and keyset pages agree
+/// across backends), and a generated `tsvector` with the `simple`
+/// configuration (no stemming, no stop words: the same words FTS5 sees) with
+/// its GIN index.
+const POSTGRES_FULL_TEXT: [&str; 3] = [
+    "ALTER TABLE vpn_users ALTER COLUMN username TYPE varchar(64) COLLATE \"C\"",
+    "ALTER TABLE vpn_users ADD COLUMN search_vector tsvector \
+     GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, search_text)) STORED",
+    "CREATE INDEX vpn_users_search ON vpn_users USING GIN (search_vector)",
+];

@@ -1,0 +1,917 @@
+//! `UserStore`: users in SQLite or PostgreSQL through sea-orm. Plain Rust:
+//! no tonic, no proto, no cache. Every batch is one transaction, every bulk
+//! change one statement, and every value reaches the database as a bound
+//! parameter.
+//!
+//! Writes on SQLite start with `BEGIN IMMEDIATE`, so a batch that reads before
+//! it writes (an update checks usernames) takes the write lock first instead
+//! of failing with `SQLITE_BUSY` halfway through; PostgreSQL locks the rows it
+//! reads with `FOR UPDATE`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, LockType, OnConflict, Order, Query, SelectStatement, UpdateStatement,
+};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    FromQueryResult, Iterable, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use uuid::Uuid;
+
+use crate::config::DatabaseLocation;
+use crate::error::VpnUsersError;
+use crate::filter::{SortDirection, SortField, UserFilter, UserSort};
+use crate::model::{NewUser, User, UserPatch, UserStatus, VpnProtocol};
+use crate::page_token::PageTokenKey;
+use crate::schema::{Migrator, service_meta, vpn_user};
+use crate::search;
+
+/// How long SQLite waits for another connection's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Microseconds in a day, for sign-ups per day.
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// The stored expiry of a user that never expires; see `schema`.
+const NEVER_EXPIRES: i64 = i64::MAX;
+/// The name of the page token key in `vpn_users_meta`.
+const PAGE_TOKEN_KEY_NAME: &str = "page_token_key";
+
+/// How a batch treats a failing item.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchMode {
+    /// A failing item refuses the batch and nothing is written.
+    #[default]
+    AllOrNothing,
+    /// Good items are written; failing items report their own error.
+    PerItem,
+}
+
+/// One item's outcome in a batch.
+pub type ItemOutcome<T> = Result<T, VpnUsersError>;
+
+/// A list request, already validated by the caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Which users.
+    pub filter: UserFilter,
+    /// Their order.
+    pub sort: UserSort,
+    /// Users per page, at least 1.
+    pub page_size: u32,
+    /// A token from a previous page, or none for the first (or a jumped-to) page.
+    pub page_token: Option<String>,
+    /// The 1-based page to jump to when there is no token.
+    pub page_number: u32,
+    /// Whether to count every matching user.
+    pub include_total_size: bool,
+}
+
+/// One page of a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    /// The users of this page.
+    pub users: Vec<User>,
+    /// The token of the next page; `None` on the last one.
+    pub next_page_token: Option<String>,
+    /// This page's 1-based number.
+    pub page_number: u32,
+    /// Every matching user, when asked for.
+    pub total_size: Option<u64>,
+}
+
+/// A search hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    /// The user.
+    pub user: User,
+    /// Relevance, higher is better.
+    pub score: f64,
+}
+
+/// One page of search hits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchPage {
+    /// Hits, best first.
+    pub hits: Vec<SearchHit>,
+    /// The token of the next page; `None` on the last one.
+    pub next_page_token: Option<String>,
+}
+
+/// Aggregates over every user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserStats {
+    /// All users.
+    pub total_users: u64,
+    /// Users per status, statuses without users left out.
+    pub by_status: Vec<(UserStatus, u64)>,
+    /// Users per protocol, protocols without users left out.
+    pub by_protocol: Vec<(VpnProtocol, u64)>,
+    /// Sum of traffic used.
+    pub traffic_used_total_bytes: u64,
+    /// Sum of traffic limits (0, unlimited, adds nothing).
+    pub traffic_limit_total_bytes: u64,
+    /// Users with a limit whose traffic reached it.
+    pub over_limit_users: u64,
+    /// `(day start in Unix micros, sign-ups)`, oldest first, every day present.
+    pub signups_per_day: Vec<(i64, u64)>,
+}
+
+/// The users a bulk status change covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusSelector {
+    /// These ids.
+    Ids(Vec<Uuid>),
+    /// Every user matching a non-empty filter.
+    Filter(Box<UserFilter>),
+}
+
+/// What a bulk status change did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetStatusOutcome {
+    /// Users whose status was set.
+    pub affected_count: u64,
+    /// Ids that name no user (selector `Ids` only).
+    pub not_found_ids: Vec<Uuid>,
+    /// The ids changed, when the selector named ids.
+    pub changed_ids: Vec<Uuid>,
+}
+
+/// Where a list page starts: after a row, or after skipping rows.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct ListCursor {
+    /// The 1-based number of the page this cursor opens.
+    page: u32,
+    /// The sort value of the previous page's last row.
+    key: SortKey,
+    /// The id of the previous page's last row.
+    id: Uuid,
+}
+
+/// A sort column's value in a cursor.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum SortKey {
+    Integer(i64),
+    Text(String),
+}
+
+/// Where a search page starts.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct SearchCursor {
+    /// Hits to skip.
+    offset: u64,
+}
+
+/// Users in a SQL database.
+#[derive(Clone, Debug)]
+pub struct UserStore {
+    db: DatabaseConnection,
+    page_token_key: PageTokenKey,
+}
+
+// === impl UserStore: opening ===
+
+impl UserStore {
+    /// Connects (creating the SQLite file and its directory if needed),
+    /// applies pending migrations and loads the page token key.
+    pub async fn open(
+        location: &DatabaseLocation,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self, VpnUsersError> {
+        let url = match location {
+            DatabaseLocation::SqliteFile(path) => {
+                create_parent_dir(path)?;
+                format!("sqlite://{}?mode=rwc", path.display())
+            }
+            DatabaseLocation::Url(url) => url.expose().to_owned(),
+        };
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(connect_timeout)
+            .acquire_timeout(connect_timeout)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // With WAL, NORMAL loses at most the last commits on power
+                    // loss, never integrity; FULL would fsync every batch.
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .create_if_missing(true)
+            });
+        let db = Database::connect(options).await?;
+        Migrator::up(&db, None).await?;
+        let page_token_key = load_or_create_page_token_key(&db).await?;
+        info!(backend = ?db.get_database_backend(), "user store ready");
+        Ok(Self { db, page_token_key })
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// The connection, for benchmarks and tests that prepare data.
+    #[must_use]
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.db.begin_with_options(options).await
+    }
+}
+
+fn create_parent_dir(path: &Path) -> Result<(), VpnUsersError> {
+    let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|error| VpnUsersError::Database {
+        source: DbErr::Custom(format!("cannot create data directory {}: {error}", dir.display())),
+    })
+}
+
+/// Reads the signing key, creating it on first start. `ON CONFLICT DO
+/// NOTHING` makes concurrent first starts agree on one key.
+async fn load_or_create_page_token_key(db: &DatabaseConnection) -> Result<PageTokenKey, VpnUsersError> {
+    let fresh_key = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let insert = Query::insert()
+        .into_table(service_meta::Entity)
+        .columns([service_meta::Column::Name, service_meta::Column::Value])
+        .values_panic([PAGE_TOKEN_KEY_NAME.into(), fresh_key.into()])
+        .on_conflict(OnConflict::column(service_meta::Column::Name).do_nothing().to_owned())
+        .to_owned();
+    db.execute(&insert).await?;
+    let select = Query::select()
+        .column(service_meta::Column::Value)
+        .from(service_meta::Entity)
+        .and_where(Expr::col(service_meta::Column::Name).eq(PAGE_TOKEN_KEY_NAME))
+        .to_owned();
+    let row = db
+        .query_one(&select)
+        .await?
+        .ok_or_else(|| VpnUsersError::CorruptRow { reason: "page token key missing after insert".to_owned() })?;
+    let key: String = row.try_get("", "value")?;
+    Ok(PageTokenKey::new(key.into_bytes()))
+}
+
+// === impl UserStore: batches ===
+
+impl UserStore {
+    /// Creates users in one transaction. Per item: invalid fields, a username
+    /// repeated in the batch (the first one wins) or already taken.
+    pub async fn create_users(
+        &self,
+        new_users: Vec<NewUser>,
+        mode: BatchMode,
+    ) -> Result<Vec<ItemOutcome<User>>, VpnUsersError> {
+        let now = crate::model::now_micros();
+        let mut seen_usernames = HashSet::with_capacity(new_users.len());
+        let mut outcomes: Vec<ItemOutcome<User>> = Vec::with_capacity(new_users.len());
+        for new_user in new_users {
+            let outcome = new_user.validate().and_then(|()| {
+                if seen_usernames.insert(new_user.username.clone()) {
+                    Ok(new_user.into_user(Uuid::now_v7(), now))
+                } else {
+                    Err(VpnUsersError::DuplicateUsernameInBatch { username: new_user.username })
+                }
+            });
+            outcomes.push(outcome);
+        }
+        refuse_if_any_failed(&mut outcomes, mode)?;
+        let candidates: Vec<&User> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
+        if candidates.is_empty() {
+            return Ok(outcomes);
+        }
+
+        let mut insert = Query::insert();
+        insert.into_table(vpn_user::Entity).columns(WRITTEN_COLUMNS);
+        for user in &candidates {
+            insert.values_panic(written_values(user));
+        }
+        // A username taken by another writer is skipped, not an error, so
+        // one statement settles every item and no transaction is aborted.
+        insert
+            .on_conflict(OnConflict::column(vpn_user::Column::Username).do_nothing().to_owned())
+            .returning_col(vpn_user::Column::Id);
+
+        let transaction = self.begin_write().await?;
+        let inserted_rows = transaction.query_all(&insert).await?;
+        let mut inserted_ids = HashSet::with_capacity(inserted_rows.len());
+        for row in inserted_rows {
+            inserted_ids.insert(row.try_get::<Uuid>("", "id")?);
+        }
+        for outcome in &mut outcomes {
+            if let Ok(user) = outcome
+                && !inserted_ids.contains(&user.id)
+            {
+                *outcome = Err(VpnUsersError::UsernameTaken { username: user.username.clone() });
+            }
+        }
+        if let Err(error) = refuse_if_any_failed(&mut outcomes, mode) {
+            transaction.rollback().await?;
+            return Err(error);
+        }
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Applies patches in one transaction. Per item: invalid fields, a
+    /// repeated id, an unknown id, or a username taken by another user
+    /// (renaming users onto each other's names in one batch is refused too).
+    pub async fn update_users(
+        &self,
+        updates: Vec<(Uuid, UserPatch)>,
+        mode: BatchMode,
+    ) -> Result<Vec<ItemOutcome<User>>, VpnUsersError> {
+        let mut seen_ids = HashSet::with_capacity(updates.len());
+        let mut seen_new_usernames = HashSet::new();
+        let mut checked: Vec<ItemOutcome<(Uuid, UserPatch)>> = Vec::with_capacity(updates.len());
+        for (id, patch) in updates {
+            let outcome = patch.validate().and_then(|()| {
+                if !seen_ids.insert(id) {
+                    return Err(VpnUsersError::DuplicateId { id });
+                }
+                if let Some(username) = &patch.username
+                    && !seen_new_usernames.insert(username.clone())
+                {
+                    return Err(VpnUsersError::DuplicateUsernameInBatch { username: username.clone() });
+                }
+                Ok((id, patch))
+            });
+            checked.push(outcome);
+        }
+        refuse_if_any_failed(&mut checked, mode)?;
+
+        let transaction = self.begin_write().await?;
+        let ids: Vec<Uuid> = checked.iter().filter_map(|item| item.as_ref().ok().map(|(id, _)| *id)).collect();
+        let current = select_by_ids(&transaction, &ids, true).await?;
+        let new_usernames: Vec<&str> =
+            checked.iter().filter_map(|item| item.as_ref().ok()?.1.username.as_deref()).collect();
+        let username_owners = username_owners(&transaction, &new_usernames).await?;
+
+        let now = crate::model::now_micros();
+        let mut outcomes: Vec<ItemOutcome<User>> = Vec::with_capacity(checked.len());
+        for item in checked {
+            let outcome = item.and_then(|(id, patch)| {
+                let existing = current.get(&id).ok_or(VpnUsersError::UserNotFound { id })?;
+                if let Some(username) = &patch.username
+                    && username_owners.get(username.as_str()).is_some_and(|owner| *owner != id)
+                {
+                    return Err(VpnUsersError::UsernameTaken { username: username.clone() });
+                }
+                Ok(apply_patch(existing.clone(), patch, now))
+            });
+            outcomes.push(outcome);
+        }
+        if let Err(error) = refuse_if_any_failed(&mut outcomes, mode) {
+            transaction.rollback().await?;
+            return Err(error);
+        }
+        for user in outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()) {
+            let update = update_statement(user);
+            if let Err(error) = transaction.execute(&update).await {
+                // Another writer took the name after our check; nothing of
+                // this batch is kept.
+                transaction.rollback().await?;
+                return Err(match error.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(_)) => {
+                        VpnUsersError::UsernameTaken { username: user.username.clone() }
+                    }
+                    _ => VpnUsersError::from(error),
+                });
+            }
+        }
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Deletes users in one statement. Per item: a repeated or unknown id.
+    pub async fn delete_users(&self, ids: Vec<Uuid>, mode: BatchMode) -> Result<Vec<ItemOutcome<Uuid>>, VpnUsersError> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut outcomes: Vec<ItemOutcome<Uuid>> = ids
+            .into_iter()
+            .map(|id| if seen.insert(id) { Ok(id) } else { Err(VpnUsersError::DuplicateId { id }) })
+            .collect();
+        refuse_if_any_failed(&mut outcomes, mode)?;
+        let targets: Vec<Uuid> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok().copied()).collect();
+        if targets.is_empty() {
+            return Ok(outcomes);
+        }
+        let delete = Query::delete()
+            .from_table(vpn_user::Entity)
+            .and_where(Expr::col(vpn_user::Column::Id).is_in(targets))
+            .returning_col(vpn_user::Column::Id)
+            .to_owned();
+        let transaction = self.begin_write().await?;
+        let mut deleted = HashSet::new();
+        for row in transaction.query_all(&delete).await? {
+            deleted.insert(row.try_get::<Uuid>("", "id")?);
+        }
+        for outcome in &mut outcomes {
+            if let Ok(id) = outcome
+                && !deleted.contains(id)
+            {
+                *outcome = Err(VpnUsersError::UserNotFound { id: *id });
+            }
+        }
+        if let Err(error) = refuse_if_any_failed(&mut outcomes, mode) {
+            transaction.rollback().await?;
+            return Err(error);
+        }
+        transaction.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Reads users by id in one query; unknown ids are absent from the map.
+    pub async fn get_users(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, User>, VpnUsersError> {
+        select_by_ids(&self.db, ids, false).await
+    }
+}
+
+/// In ALL_OR_NOTHING mode, turns the first failed item into the batch's error.
+fn refuse_if_any_failed<T>(outcomes: &mut [ItemOutcome<T>], mode: BatchMode) -> Result<(), VpnUsersError> {
+    if mode == BatchMode::PerItem {
+        return Ok(());
+    }
+    let Some(index) = outcomes.iter().position(Result::is_err) else {
+        return Ok(());
+    };
+    // The placeholder is never read: the whole batch is refused.
+    let failed = std::mem::replace(&mut outcomes[index], Err(VpnUsersError::EmptyUpdate));
+    match failed {
+        Err(source) => Err(VpnUsersError::BatchItemFailed { index, source: Box::new(source) }),
+        Ok(_) => unreachable!("position found an error"),
+    }
+}
+
+fn apply_patch(mut user: User, patch: UserPatch, now_micros: i64) -> User {
+    if let Some(username) = patch.username {
+        user.username = username;
+    }
+    if let Some(email) = patch.email {
+        user.email = email;
+    }
+    if let Some(status) = patch.status {
+        user.status = status;
+    }
+    if let Some(protocol) = patch.protocol {
+        user.protocol = protocol;
+    }
+    if let Some(bytes) = patch.traffic_used_bytes {
+        user.traffic_used_bytes = bytes;
+    }
+    if let Some(bytes) = patch.traffic_limit_bytes {
+        user.traffic_limit_bytes = bytes;
+    }
+    if let Some(expires_at_micros) = patch.expires_at_micros {
+        user.expires_at_micros = expires_at_micros;
+    }
+    if let Some(note) = patch.note {
+        user.note = note;
+    }
+    user.updated_at_micros = std::cmp::max(now_micros, user.updated_at_micros);
+    user
+}
+
+/// The columns a write sets (all but `seq`).
+const WRITTEN_COLUMNS: [vpn_user::Column; 12] = [
+    vpn_user::Column::Id,
+    vpn_user::Column::Username,
+    vpn_user::Column::Email,
+    vpn_user::Column::Status,
+    vpn_user::Column::Protocol,
+    vpn_user::Column::TrafficUsedBytes,
+    vpn_user::Column::TrafficLimitBytes,
+    vpn_user::Column::ExpiresAtMicros,
+    vpn_user::Column::CreatedAtMicros,
+    vpn_user::Column::UpdatedAtMicros,
+    vpn_user::Column::Note,
+    vpn_user::Column::SearchText,
+];
+
+/// Values for [`WRITTEN_COLUMNS`], in order. Byte counts were validated to
+/// fit `i64`.
+fn written_values(user: &User) -> [sea_orm::sea_query::SimpleExpr; 12] {
+    let bytes = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    [
+        user.id.into(),
+        user.username.clone().into(),
+        user.email.clone().into(),
+        user.status.as_db_str().into(),
+        user.protocol.as_db_str().into(),
+        bytes(user.traffic_used_bytes).into(),
+        bytes(user.traffic_limit_bytes).into(),
+        user.expires_at_micros.unwrap_or(NEVER_EXPIRES).into(),
+        user.created_at_micros.into(),
+        user.updated_at_micros.into(),
+        user.note.clone().into(),
+        search::search_text(&user.username, &user.email, &user.note).into(),
+    ]
+}
+
+fn update_statement(user: &User) -> UpdateStatement {
+    let mut update = Query::update();
+    update.table(vpn_user::Entity);
+    for (column, value) in WRITTEN_COLUMNS.into_iter().zip(written_values(user)) {
+        if matches!(column, vpn_user::Column::Id | vpn_user::Column::CreatedAtMicros) {
+            continue;
+        }
+        update.value(column, value);
+    }
+    update.and_where(Expr::col(vpn_user::Column::Id).eq(user.id));
+    update
+}
+
+fn select_users() -> SelectStatement {
+    Query::select().columns(vpn_user::Column::iter()).from(vpn_user::Entity).to_owned()
+}
+
+async fn select_by_ids<C: ConnectionTrait>(
+    connection: &C,
+    ids: &[Uuid],
+    lock_for_update: bool,
+) -> Result<HashMap<Uuid, User>, VpnUsersError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut select = select_users();
+    select.and_where(Expr::col(vpn_user::Column::Id).is_in(ids.iter().copied()));
+    if lock_for_update {
+        // PostgreSQL only; sea-query leaves it out for SQLite, whose
+        // IMMEDIATE transaction already holds the write lock.
+        select.lock(LockType::Update);
+    }
+    let mut users = HashMap::with_capacity(ids.len());
+    for row in connection.query_all(&select).await? {
+        let user = user_from_model(vpn_user::Model::from_query_result(&row, "")?)?;
+        users.insert(user.id, user);
+    }
+    Ok(users)
+}
+
+async fn username_owners<C: ConnectionTrait>(
+    connection: &C,
+    usernames: &[&str],
+) -> Result<HashMap<String, Uuid>, VpnUsersError> {
+    if usernames.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let select = Query::select()
+        .columns([vpn_user::Column::Id, vpn_user::Column::Username])
+        .from(vpn_user::Entity)
+        .and_where(Expr::col(vpn_user::Column::Username).is_in(usernames.iter().copied()))
+        .to_owned();
+    let mut owners = HashMap::new();
+    for row in connection.query_all(&select).await? {
+        owners.insert(row.try_get::<String>("", "username")?, row.try_get::<Uuid>("", "id")?);
+    }
+    Ok(owners)
+}
+
+/// Reads a stored row; a value the service never writes is `CorruptRow`.
+fn user_from_model(model: vpn_user::Model) -> Result<User, VpnUsersError> {
+    let corrupt = |reason: String| VpnUsersError::CorruptRow { reason };
+    let bytes = |field: &str, value: i64| u64::try_from(value).map_err(|_| corrupt(format!("negative {field}")));
+    Ok(User {
+        id: model.id,
+        status: UserStatus::from_db_str(&model.status)
+            .ok_or_else(|| corrupt(format!("unknown status `{}`", model.status)))?,
+        protocol: VpnProtocol::from_db_str(&model.protocol)
+            .ok_or_else(|| corrupt(format!("unknown protocol `{}`", model.protocol)))?,
+        traffic_used_bytes: bytes("traffic_used_bytes", model.traffic_used_bytes)?,
+        traffic_limit_bytes: bytes("traffic_limit_bytes", model.traffic_limit_bytes)?,
+        expires_at_micros: (model.expires_at_micros != NEVER_EXPIRES).then_some(model.expires_at_micros),
+        created_at_micros: model.created_at_micros,
+        updated_at_micros: model.updated_at_micros,
+        username: model.username,
+        email: model.email,
+        note: model.note,
+    })
+}
+
+// === impl UserStore: lists and search ===
+
+impl UserStore {
+    /// One page of users matching `query.filter`, in `query.sort` order.
+    pub async fn list_users(&self, query: &ListQuery) -> Result<ListPage, VpnUsersError> {
+        debug_assert!(query.page_size >= 1, "the caller resolves page size 0 to the default");
+        query.filter.validate()?;
+        let context = list_context(&query.filter, query.sort);
+        let sort_column = query.sort.field.column();
+        let order = match query.sort.direction {
+            SortDirection::Ascending => Order::Asc,
+            SortDirection::Descending => Order::Desc,
+        };
+
+        let mut select = select_users();
+        select.cond_where(query.filter.condition());
+        let page_number = if let Some(token) = &query.page_token {
+            let cursor: ListCursor = self.page_token_key.verify(&context, token)?;
+            let key_matches_sort = matches!(
+                (&cursor.key, query.sort.field),
+                (SortKey::Text(_), SortField::Username)
+                    | (
+                        SortKey::Integer(_),
+                        SortField::CreatedAt | SortField::UpdatedAt | SortField::ExpiresAt | SortField::TrafficUsed
+                    )
+            );
+            if !key_matches_sort {
+                return Err(VpnUsersError::InvalidPageToken);
+            }
+            let after_key = match cursor.key {
+                SortKey::Integer(value) => Expr::val(value),
+                SortKey::Text(value) => Expr::val(value),
+            };
+            // Row-value comparison: one index range scan on (column, id).
+            let row = Expr::tuple([Expr::col(sort_column), Expr::col(vpn_user::Column::Id)]);
+            let bound = Expr::tuple([after_key, Expr::val(cursor.id)]);
+            select.and_where(match query.sort.direction {
+                SortDirection::Ascending => row.gt(bound),
+                SortDirection::Descending => row.lt(bound),
+            });
+            cursor.page
+        } else {
+            let page_number = std::cmp::max(query.page_number, 1);
+            select.offset(u64::from(page_number - 1) * u64::from(query.page_size));
+            page_number
+        };
+        select
+            .order_by(sort_column, order.clone())
+            .order_by(vpn_user::Column::Id, order)
+            .limit(u64::from(query.page_size) + 1);
+
+        let rows = self.db.query_all(&select).await?;
+        let has_more = rows.len() > query.page_size as usize;
+        let mut users = Vec::with_capacity(rows.len().min(query.page_size as usize));
+        for row in rows.iter().take(query.page_size as usize) {
+            users.push(user_from_model(vpn_user::Model::from_query_result(row, "")?)?);
+        }
+        let next_page_token = match users.last() {
+            Some(last) if has_more => {
+                let key = match query.sort.field {
+                    SortField::Username => SortKey::Text(last.username.clone()),
+                    SortField::CreatedAt => SortKey::Integer(last.created_at_micros),
+                    SortField::UpdatedAt => SortKey::Integer(last.updated_at_micros),
+                    SortField::ExpiresAt => SortKey::Integer(last.expires_at_micros.unwrap_or(NEVER_EXPIRES)),
+                    SortField::TrafficUsed => {
+                        SortKey::Integer(i64::try_from(last.traffic_used_bytes).unwrap_or(i64::MAX))
+                    }
+                };
+                let cursor = ListCursor { page: page_number + 1, key, id: last.id };
+                Some(self.page_token_key.sign(&context, &cursor))
+            }
+            _ => None,
+        };
+        let total_size = if query.include_total_size { Some(self.count(&query.filter).await?) } else { None };
+        Ok(ListPage { users, next_page_token, page_number, total_size })
+    }
+
+    /// Users matching `filter`.
+    pub async fn count(&self, filter: &UserFilter) -> Result<u64, VpnUsersError> {
+        let select = Query::select()
+            .expr_as(Expr::col(vpn_user::Column::Seq).count(), Alias::new("matching"))
+            .from(vpn_user::Entity)
+            .cond_where(filter.condition())
+            .to_owned();
+        let row = self.db.query_one(&select).await?;
+        let count: i64 = match row {
+            Some(row) => row.try_get("", "matching")?,
+            None => 0,
+        };
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    /// Full-text search over username, email and note; see [`crate::search`].
+    pub async fn search_users(
+        &self,
+        query_text: &str,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<SearchPage, VpnUsersError> {
+        let words = search::query_words(query_text)?;
+        let context = format!("search-v1\n{}", words.join(" ")).into_bytes();
+        let offset = match page_token {
+            Some(token) => self.page_token_key.verify::<SearchCursor>(&context, token)?.offset,
+            None => 0,
+        };
+        if words.is_empty() {
+            return Ok(SearchPage { hits: Vec::new(), next_page_token: None });
+        }
+        let limit = i64::from(page_size) + 1;
+        let offset_value = i64::try_from(offset).map_err(|_| VpnUsersError::InvalidPageToken)?;
+        let user_columns = USER_COLUMNS_SQL;
+        let statement = match self.backend() {
+            DbBackend::Postgres => Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT {user_columns}, ts_rank(u.search_vector, q)::float8 AS score \
+                     FROM vpn_users u, to_tsquery('simple', $1) q \
+                     WHERE u.search_vector @@ q \
+                     ORDER BY score DESC, u.username LIMIT $2 OFFSET $3"
+                ),
+                [Value::from(search::tsquery_expression(&words)), limit.into(), offset_value.into()],
+            ),
+            backend => Statement::from_sql_and_values(
+                backend,
+                // bm25() is lower for better matches; negate it into a score.
+                format!(
+                    "SELECT {user_columns}, -bm25(vpn_users_fts) AS score \
+                     FROM vpn_users_fts JOIN vpn_users u ON u.seq = vpn_users_fts.rowid \
+                     WHERE vpn_users_fts MATCH ? \
+                     ORDER BY score DESC, u.username LIMIT ? OFFSET ?"
+                ),
+                [Value::from(search::fts5_expression(&words)), limit.into(), offset_value.into()],
+            ),
+        };
+        let rows = self.db.query_all_raw(statement).await?;
+        let page_len = page_size as usize;
+        let mut hits = Vec::with_capacity(rows.len().min(page_len));
+        for row in rows.iter().take(page_len) {
+            let user = user_from_model(vpn_user::Model::from_query_result(row, "")?)?;
+            hits.push(SearchHit { user, score: row.try_get("", "score")? });
+        }
+        let next_page_token = (rows.len() > page_len)
+            .then(|| self.page_token_key.sign(&context, &SearchCursor { offset: offset + u64::from(page_size) }));
+        Ok(SearchPage { hits, next_page_token })
+    }
+
+    /// Up to `limit` users matching `filter` with ids above `after`, in id order.
+    pub async fn export_chunk(
+        &self,
+        filter: &UserFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<User>, VpnUsersError> {
+        let mut select = select_users();
+        select.cond_where(filter.condition());
+        if let Some(after) = after {
+            select.and_where(Expr::col(vpn_user::Column::Id).gt(after));
+        }
+        select.order_by(vpn_user::Column::Id, Order::Asc).limit(u64::from(limit));
+        let mut users = Vec::new();
+        for row in self.db.query_all(&select).await? {
+            users.push(user_from_model(vpn_user::Model::from_query_result(&row, "")?)?);
+        }
+        Ok(users)
+    }
+}
+
+/// The user columns, qualified with `u.`, for hand-written SQL.
+const USER_COLUMNS_SQL: &str = "u.seq, u.id, u.username, u.email, u.status, u.protocol, u.traffic_used_bytes, \
+     u.traffic_limit_bytes, u.expires_at_micros, u.created_at_micros, u.updated_at_micros, u.note, u.search_text";
+
+/// What a list token is bound to: a version, the filter and the sort.
+fn list_context(filter: &UserFilter, sort: UserSort) -> Vec<u8> {
+    let mut context = b"list-v1\n".to_vec();
+    context.extend(serde_json::to_vec(&(filter, sort)).expect("filters serialize to JSON"));
+    context
+}
+
+// === impl UserStore: stats and bulk status ===
+
+impl UserStore {
+    /// Counts, sums and sign-ups of the last `signup_days` days (today, UTC,
+    /// included), read in one transaction so they agree with each other.
+    pub async fn stats(&self, signup_days: u32, now_micros: i64) -> Result<UserStats, VpnUsersError> {
+        let transaction = self.db.begin().await?;
+        let mut stats = UserStats::default();
+
+        for (column, is_status) in [(vpn_user::Column::Status, true), (vpn_user::Column::Protocol, false)] {
+            let select = Query::select()
+                .column(column)
+                .expr_as(Expr::col(vpn_user::Column::Seq).count(), Alias::new("users"))
+                .from(vpn_user::Entity)
+                .group_by_col(column)
+                .to_owned();
+            for row in transaction.query_all(&select).await? {
+                let name: String = row.try_get_by_index(0)?;
+                let count = u64::try_from(row.try_get::<i64>("", "users")?).unwrap_or_default();
+                if is_status {
+                    let counted_status = UserStatus::from_db_str(&name)
+                        .ok_or_else(|| VpnUsersError::CorruptRow { reason: format!("unknown status `{name}`") })?;
+                    stats.by_status.push((counted_status, count));
+                } else {
+                    let counted_protocol = VpnProtocol::from_db_str(&name)
+                        .ok_or_else(|| VpnUsersError::CorruptRow { reason: format!("unknown protocol `{name}`") })?;
+                    stats.by_protocol.push((counted_protocol, count));
+                }
+            }
+        }
+        stats.by_status.sort_unstable();
+        stats.by_protocol.sort_unstable();
+
+        // Sums are taken as doubles on both backends: exact below 2^53 bytes
+        // (8 PiB), never an overflow error, and the same on SQLite and PostgreSQL.
+        let totals_sql = match self.backend() {
+            DbBackend::Postgres => {
+                "SELECT COUNT(*) AS users, \
+                 COALESCE(SUM(traffic_used_bytes), 0)::float8 AS used, \
+                 COALESCE(SUM(traffic_limit_bytes), 0)::float8 AS limited, \
+                 COUNT(CASE WHEN traffic_limit_bytes > 0 AND traffic_used_bytes >= traffic_limit_bytes THEN 1 END) AS over \
+                 FROM vpn_users"
+            }
+            _ => {
+                "SELECT COUNT(*) AS users, TOTAL(traffic_used_bytes) AS used, TOTAL(traffic_limit_bytes) AS limited, \
+                 COUNT(CASE WHEN traffic_limit_bytes > 0 AND traffic_used_bytes >= traffic_limit_bytes THEN 1 END) AS over \
+                 FROM vpn_users"
+            }
+        };
+        if let Some(row) = transaction.query_one_raw(Statement::from_string(self.backend(), totals_sql)).await? {
+            stats.total_users = u64::try_from(row.try_get::<i64>("", "users")?).unwrap_or_default();
+            stats.traffic_used_total_bytes = saturating_bytes(row.try_get::<f64>("", "used")?);
+            stats.traffic_limit_total_bytes = saturating_bytes(row.try_get::<f64>("", "limited")?);
+            stats.over_limit_users = u64::try_from(row.try_get::<i64>("", "over")?).unwrap_or_default();
+        }
+
+        let today = now_micros.div_euclid(MICROS_PER_DAY);
+        let first_day = today - i64::from(std::cmp::max(signup_days, 1)) + 1;
+        let day_sql = match self.backend() {
+            DbBackend::Postgres => {
+                "SELECT created_at_micros / 86400000000 AS day, COUNT(*) AS users FROM vpn_users \
+                 WHERE created_at_micros >= $1 GROUP BY 1"
+            }
+            _ => {
+                "SELECT created_at_micros / 86400000000 AS day, COUNT(*) AS users FROM vpn_users \
+                 WHERE created_at_micros >= ? GROUP BY 1"
+            }
+        };
+        let statement =
+            Statement::from_sql_and_values(self.backend(), day_sql, [Value::from(first_day * MICROS_PER_DAY)]);
+        let mut per_day: HashMap<i64, u64> = HashMap::new();
+        for row in transaction.query_all_raw(statement).await? {
+            let day: i64 = row.try_get("", "day")?;
+            per_day.insert(day, u64::try_from(row.try_get::<i64>("", "users")?).unwrap_or_default());
+        }
+        transaction.commit().await?;
+        stats.signups_per_day = (first_day..=today)
+            .map(|day| (day * MICROS_PER_DAY, per_day.get(&day).copied().unwrap_or_default()))
+            .collect();
+        Ok(stats)
+    }
+
+    /// Sets `status` on the selected users in one statement.
+    pub async fn set_status(
+        &self,
+        status: UserStatus,
+        selector: &StatusSelector,
+    ) -> Result<SetStatusOutcome, VpnUsersError> {
+        let now = crate::model::now_micros();
+        let mut update = Query::update();
+        update
+            .table(vpn_user::Entity)
+            .value(vpn_user::Column::Status, status.as_db_str())
+            .value(vpn_user::Column::UpdatedAtMicros, now);
+        match selector {
+            StatusSelector::Ids(ids) => {
+                if ids.is_empty() {
+                    return Ok(SetStatusOutcome::default());
+                }
+                let unique_ids: HashSet<Uuid> = ids.iter().copied().collect();
+                update
+                    .and_where(Expr::col(vpn_user::Column::Id).is_in(unique_ids.iter().copied()))
+                    .returning_col(vpn_user::Column::Id);
+                let mut changed_ids = Vec::with_capacity(unique_ids.len());
+                for row in self.db.query_all(&update).await? {
+                    changed_ids.push(row.try_get::<Uuid>("", "id")?);
+                }
+                let changed: HashSet<Uuid> = changed_ids.iter().copied().collect();
+                let mut not_found_ids: Vec<Uuid> = Vec::new();
+                for id in ids {
+                    if !changed.contains(id) && !not_found_ids.contains(id) {
+                        not_found_ids.push(*id);
+                    }
+                }
+                Ok(SetStatusOutcome { affected_count: changed_ids.len() as u64, not_found_ids, changed_ids })
+            }
+            StatusSelector::Filter(filter) => {
+                if filter.is_empty() {
+                    return Err(VpnUsersError::EmptyFilter);
+                }
+                filter.validate()?;
+                update.cond_where(filter.condition());
+                let result = self.db.execute(&update).await?;
+                Ok(SetStatusOutcome { affected_count: result.rows_affected(), ..SetStatusOutcome::default() })
+            }
+        }
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // saturating by design: `as` clamps to 0..=u64::MAX
+fn saturating_bytes(total: f64) -> u64 {
+    total as u64
+}
