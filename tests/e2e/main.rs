@@ -9,9 +9,11 @@
 //! - `correlation`: correlation ids echoed, minted and carried in errors.
 //! - `grpcurl`: reflection and a call with the real grpcurl binary.
 //! - `otlp`: spans of the gateway and the cache reach an OTLP receiver.
+//! - `services`: every service of the mesh answers through the gateway.
 
 mod cache;
 mod correlation;
 mod grpcurl;
 mod harness;
 mod otlp;
+mod services;
