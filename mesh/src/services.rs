@@ -80,7 +80,8 @@ pub(crate) const SERVICES: &[ServiceSpec] = &[
         label: "docker",
         port_offset: 3,
         gateway_upstream_var: "MESH_GATEWAY_DOCKER_UPSTREAM",
-        check: check::<mesh_docker::DockerConfig>,
+        // `DockerConfig::load` also reads the standard `DOCKER_HOST`.
+        check: |source| mesh_docker::DockerConfig::load(source).map(drop),
         run: |rt| Box::pin(mesh_docker::run(rt)),
     },
     ServiceSpec {
