@@ -16,7 +16,7 @@ targets = ["direct", "gateway", "gateway-auth", "nginx", "envoy"]
 labels = {
     "direct": "(a) direct to `mesh serve cache`",
     "gateway": "(b) mesh gateway, full default stack",
-    "gateway-auth": "(b') mesh gateway, with a token and a rate limit configured",
+    "gateway-auth": "(b') mesh gateway, token and rate limit configured",
     "nginx": "(c) nginx `grpc_pass`, upstream keepalive",
     "envoy": "(d) Envoy, `--concurrency 1`",
 }

@@ -6,6 +6,11 @@
 //! the call ends `DEADLINE_EXCEEDED` — also when the upstream, whose own timer
 //! races the gateway's, answers first with the `CANCELLED` that tonic reports
 //! for an expired `grpc-timeout`.
+//!
+//! As in tonic, the gateway's timer bounds the wait for the response
+//! headers: a unary answer comes whole with them, while a server stream
+//! (`WatchEvents`) runs on once its headers are out, for as long as its
+//! caller and its endpoint keep it open.
 
 use std::collections::HashMap;
 use std::pin::Pin;

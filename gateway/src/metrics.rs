@@ -50,6 +50,11 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -76,7 +81,7 @@ pub(crate) struct GatewayMetrics {
     calls: Family<CallLabels, Counter>,
     latency: LatencyFamily,
     in_flight: Gauge,
-    retries: Family<MethodLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
     endpoint_in_service: Family<EndpointLabels, Gauge>,
     known_services: HashSet<String>,
@@ -103,7 +108,7 @@ impl GatewayMetrics {
         registry.register("call_duration_seconds", "Time from request to the end of the response", latency.clone());
         let in_flight = Gauge::default();
         registry.register("calls_in_flight", "Calls in the gateway now", in_flight.clone());
-        let retries = Family::<MethodLabels, Counter>::default();
+        let retries = Family::<ServiceLabels, Counter>::default();
         registry.register("retries", "Attempts beyond the first of idempotent calls", retries.clone());
         let refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -132,7 +137,7 @@ impl GatewayMetrics {
 
     /// The retry counter of one service, for its retry layer.
     pub(crate) fn retries_of(&self, service: &str) -> Counter {
-        self.retries.get_or_create(&MethodLabels { service: service.to_owned(), method: String::new() }).clone()
+        self.retries.get_or_create(&ServiceLabels { service: service.to_owned() }).clone()
     }
 
     /// Counts a call the gateway refused itself.
@@ -290,6 +295,7 @@ mod tests {
         metrics.record("/mesh.cache.v1.Cache/Nope", CallEnding { grpc_status: 12, response_bytes: 0 }, Duration::ZERO);
         metrics.record("/evil.Service/x1", ok, Duration::ZERO);
         metrics.count_refusal("RATE_LIMITED");
+        metrics.retries_of("mesh.cache.v1.Cache").inc();
         let text = metrics.encode(3, &[("mesh.cache.v1.Cache", "127.0.0.1:1".into(), false)]);
         assert!(
             text.contains(r#"mesh_gateway_calls_total{service="mesh.cache.v1.Cache",method="Get",code="0"} 2"#),
@@ -300,6 +306,7 @@ mod tests {
         assert!(!text.contains("evil"), "{text}");
         assert!(text.contains(r#"mesh_gateway_refusals_total{reason="RATE_LIMITED"} 1"#), "{text}");
         assert!(text.contains("mesh_gateway_calls_in_flight 3"), "{text}");
+        assert!(text.contains(r#"mesh_gateway_retries_total{service="mesh.cache.v1.Cache"} 1"#), "{text}");
         assert!(
             text.contains(
                 r#"mesh_gateway_endpoint_in_service{service="mesh.cache.v1.Cache",endpoint="127.0.0.1:1"} 0"#

@@ -189,10 +189,14 @@ impl TestGateway {
     }
 
     async fn start_watching(config: ConfigWatch<GatewayConfig>) -> Self {
+        Self::start_with_admin(config, None).await
+    }
+
+    async fn start_with_admin(config: ConfigWatch<GatewayConfig>, admin_listener: Option<TcpListener>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
         let address = listener.local_addr().expect("gateway address");
         let shutdown = CancellationToken::new();
-        let runtime = GatewayRuntime { listener, admin_listener: None, config, shutdown: shutdown.clone() };
+        let runtime = GatewayRuntime { listener, admin_listener, config, shutdown: shutdown.clone() };
         let serving = tokio::spawn(mesh_gateway::run(runtime));
         Self { address, shutdown, serving }
     }
@@ -270,6 +274,35 @@ async fn the_auth_matrix() {
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await
         .expect("health is public by default");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_prometheus_metrics_of_the_calls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = RawUpstream::start().await;
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the admin port");
+    let admin_address = admin_listener.local_addr().expect("admin address");
+    let (_sender, config) = watch::channel(Arc::new(config_for(&upstream.uri())));
+    let gateway = TestGateway::start_with_admin(config, Some(admin_listener)).await;
+    let mut cache = CacheClient::new(gateway.connect().await);
+    cache.get(get("k")).await.expect("get passes");
+
+    let mut admin = tokio::net::TcpStream::connect(admin_address).await.expect("admin port reachable");
+    admin.write_all(b"GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut scrape = String::new();
+    admin.read_to_string(&mut scrape).await.expect("a whole response");
+
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    let get_series = r#"mesh_gateway_calls_total{service="mesh.cache.v1.Cache",method="Get",code="0"} 1"#;
+    assert!(scrape.contains(get_series), "{scrape}");
+    assert!(scrape.contains("mesh_gateway_call_duration_seconds_bucket"), "{scrape}");
+    let endpoint_series = format!(
+        r#"mesh_gateway_endpoint_in_service{{service="mesh.cache.v1.Cache",endpoint="{}"}} 1"#,
+        upstream.address
+    );
+    assert!(scrape.contains(&endpoint_series), "{scrape}");
     gateway.stop().await;
 }
 

@@ -31,7 +31,11 @@ const PERCENTILE_RUNS: usize = 1000;
 
 fn main() {
     let source = ConfigSource::from_process();
-    let user_count: usize = source.var("MESH_BENCH_USERS").and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    // `cargo test --all-targets` runs this binary without `--bench`: then it is a smoke test at a
+    // size that keeps the test suite fast, not a measurement.
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let default_user_count = if measuring { 100_000 } else { 1_000 };
+    let user_count: usize = source.var("MESH_BENCH_USERS").and_then(|n| n.parse().ok()).unwrap_or(default_user_count);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut criterion = Criterion::default()
         .configure_from_args()

@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::sea_query::{
@@ -22,7 +24,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::config::DatabaseLocation;
@@ -39,6 +41,14 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The stored expiry of a user that never expires; see `schema`.
 const NEVER_EXPIRES: i64 = i64::MAX;
+/// Rows written before the first `ANALYZE` after opening; the gap doubles
+/// after each one, up to [`MAX_ANALYZE_GAP_ROWS`], so a growing table is
+/// analysed O(log n) times. Both planners need these statistics to prefer a
+/// sort index over an equality on a low-cardinality column (on SQLite a
+/// filtered list at 100k users drops from ~50 ms to ~1 ms once analysed).
+const FIRST_ANALYZE_GAP_ROWS: u64 = 1_000;
+/// Most rows written between two `ANALYZE`s.
+const MAX_ANALYZE_GAP_ROWS: u64 = 1_000_000;
 /// The name of the page token key in `vpn_users_meta`.
 const PAGE_TOKEN_KEY_NAME: &str = "page_token_key";
 
@@ -173,6 +183,10 @@ struct SearchCursor {
 pub struct UserStore {
     db: DatabaseConnection,
     page_token_key: PageTokenKey,
+    /// Rows written since the last `ANALYZE`, shared by every clone.
+    rows_since_analyze: Arc<AtomicU64>,
+    /// Rows to write before the next `ANALYZE`.
+    analyze_gap_rows: Arc<AtomicU64>,
 }
 
 // === impl UserStore: opening ===
@@ -206,13 +220,41 @@ impl UserStore {
                     // loss, never integrity; FULL would fsync every batch.
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    // 32 MiB of page cache per connection (the default is 2 MiB):
+                    // the table and its indexes at 100k users stay in memory.
+                    .pragma("cache_size", "-32768")
                     .create_if_missing(true)
             });
         let db = Database::connect(options).await?;
         Migrator::up(&db, None).await?;
         let page_token_key = load_or_create_page_token_key(&db).await?;
+        db.execute_unprepared("ANALYZE vpn_users").await?;
         info!(backend = ?db.get_database_backend(), "user store ready");
-        Ok(Self { db, page_token_key })
+        Ok(Self {
+            db,
+            page_token_key,
+            rows_since_analyze: Arc::new(AtomicU64::new(0)),
+            analyze_gap_rows: Arc::new(AtomicU64::new(FIRST_ANALYZE_GAP_ROWS)),
+        })
+    }
+
+    /// Counts written rows and, once the gap is reached, refreshes the
+    /// planner statistics in the background (a full `ANALYZE`: SQLite's
+    /// sampled one misjudges low-cardinality columns).
+    fn note_rows_written(&self, count: u64) {
+        let before = self.rows_since_analyze.fetch_add(count, Ordering::Relaxed);
+        let gap = self.analyze_gap_rows.load(Ordering::Relaxed);
+        if before + count < gap {
+            return;
+        }
+        self.rows_since_analyze.store(0, Ordering::Relaxed);
+        self.analyze_gap_rows.store(std::cmp::min(gap * 2, MAX_ANALYZE_GAP_ROWS), Ordering::Relaxed);
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.analyze().await {
+                debug!(%error, "analyze failed; the planner keeps its old statistics");
+            }
+        });
     }
 
     /// Which database this is.
@@ -225,6 +267,16 @@ impl UserStore {
     #[must_use]
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Refreshes the planner statistics of `vpn_users`. On SQLite it runs in
+    /// an IMMEDIATE transaction: ANALYZE reads, then writes its statistics,
+    /// and a deferred one fails with `SQLITE_BUSY` when a batch commits in
+    /// between.
+    async fn analyze(&self) -> Result<(), DbErr> {
+        let transaction = self.begin_write().await?;
+        transaction.execute_unprepared("ANALYZE vpn_users").await?;
+        transaction.commit().await
     }
 
     async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
@@ -327,6 +379,7 @@ impl UserStore {
             return Err(error);
         }
         transaction.commit().await?;
+        self.note_rows_written(inserted_ids.len() as u64);
         Ok(outcomes)
     }
 
@@ -890,12 +943,14 @@ impl UserStore {
                     changed_ids.push(row.try_get::<Uuid>("", "id")?);
                 }
                 let changed: HashSet<Uuid> = changed_ids.iter().copied().collect();
+                let mut reported = HashSet::new();
                 let mut not_found_ids: Vec<Uuid> = Vec::new();
                 for id in ids {
-                    if !changed.contains(id) && !not_found_ids.contains(id) {
+                    if !changed.contains(id) && reported.insert(*id) {
                         not_found_ids.push(*id);
                     }
                 }
+                self.note_rows_written(changed_ids.len() as u64);
                 Ok(SetStatusOutcome { affected_count: changed_ids.len() as u64, not_found_ids, changed_ids })
             }
             StatusSelector::Filter(filter) => {
@@ -905,6 +960,7 @@ impl UserStore {
                 filter.validate()?;
                 update.cond_where(filter.condition());
                 let result = self.db.execute(&update).await?;
+                self.note_rows_written(result.rows_affected());
                 Ok(SetStatusOutcome { affected_count: result.rows_affected(), ..SetStatusOutcome::default() })
             }
         }
