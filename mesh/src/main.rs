@@ -70,6 +70,9 @@ struct UpArgs {
     /// Address of the gateway, the one endpoint callers use (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:50051")]
     gateway_listen: SocketAddr,
+    /// Address of the gateway's admin port serving Prometheus `/metrics`; none by default.
+    #[arg(long)]
+    gateway_admin_listen: Option<SocketAddr>,
     /// Host the services listen on.
     #[arg(long, default_value = "127.0.0.1")]
     services_host: std::net::IpAddr,
@@ -93,6 +96,9 @@ struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+    /// Address of the admin port serving Prometheus `/metrics`; none by default.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {

@@ -82,15 +82,14 @@ pub(crate) async fn up(args: UpArgs) -> ExitCode {
             return usage_error(error);
         }
     }
-    let gateway_config: GatewayConfig = match mesh_kit::config::load(&source) {
-        Ok(config) => config,
-        Err(error) => return usage_error(error),
-    };
+    if let Err(error) = mesh_kit::config::load::<GatewayConfig>(&source) {
+        return usage_error(error);
+    }
     let boot = match bootstrap("mesh", source) {
         Ok(boot) => boot,
         Err(code) => return code,
     };
-    exit_code(up_servers(args, bound, simulator, gateway_config, boot).await)
+    exit_code(up_servers(args, bound, simulator, boot).await)
 }
 
 /// Without a configured Virtualmin server, starts the simulator on a free
@@ -152,7 +151,6 @@ async fn up_servers(
     args: UpArgs,
     bound: Vec<BoundService>,
     simulator: Option<SimulatorPlan>,
-    gateway_config: GatewayConfig,
     boot: Bootstrap,
 ) -> anyhow::Result<()> {
     let gateway_listener = bind("the gateway", args.gateway_listen).await?;
@@ -183,10 +181,8 @@ async fn up_servers(
         let serving = (service.spec.run)(runtime);
         servers.spawn(async move { serving.await.with_context(|| format!("{label} service")) });
     }
-    let gateway_shutdown = boot.shutdown.clone();
-    servers.spawn(async move {
-        mesh_gateway::serve(gateway_listener, gateway_config, gateway_shutdown).await.context("gateway")
-    });
+    let gateway = gateway_runtime(gateway_listener, args.gateway_admin_listen, &boot).await?;
+    servers.spawn(async move { mesh_gateway::run(gateway).await.context("gateway") });
 
     println!("mesh is up; Ctrl-C stops it");
     println!("  gateway    http://{gateway_addr}");
@@ -199,6 +195,31 @@ async fn up_servers(
     println!("try: grpcurl -plaintext {gateway_addr} list");
     wait_for_all(servers, &boot.shutdown).await
 }
+
+/// The gateway's runtime: its listener, the optional `/metrics` port, and
+/// its settings kept current from the config file and SIGHUP.
+async fn gateway_runtime(
+    listener: TcpListener,
+    admin_listen: Option<SocketAddr>,
+    boot: &Bootstrap,
+) -> anyhow::Result<mesh_gateway::GatewayRuntime> {
+    let admin_listener = match admin_listen {
+        Some(addr) => Some(bind("the gateway's admin port", addr).await?),
+        None => None,
+    };
+    if let Some(admin) = &admin_listener {
+        println!("  metrics    http://{}/metrics", admin.local_addr()?);
+    }
+    let config = mesh_kit::config::load_and_watch::<GatewayConfig>(
+        boot.source.clone(),
+        CONFIG_POLL_INTERVAL,
+        boot.shutdown.clone(),
+    )?;
+    Ok(mesh_gateway::GatewayRuntime { listener, admin_listener, config, shutdown: boot.shutdown.clone() })
+}
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits for every server; the first failure stops the others.
 async fn wait_for_all(mut servers: JoinSet<anyhow::Result<()>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
@@ -243,10 +264,9 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
 /// `mesh gateway`.
 pub(crate) async fn gateway(args: GatewayArgs) -> ExitCode {
     let source = ConfigSource::from_process();
-    let config: GatewayConfig = match mesh_kit::config::load(&source) {
-        Ok(config) => config,
-        Err(error) => return usage_error(error),
-    };
+    if let Err(error) = mesh_kit::config::load::<GatewayConfig>(&source) {
+        return usage_error(error);
+    }
     let boot = match bootstrap("mesh-gateway", source) {
         Ok(boot) => boot,
         Err(code) => return code,
@@ -255,7 +275,8 @@ pub(crate) async fn gateway(args: GatewayArgs) -> ExitCode {
         async {
             let listener = bind("the gateway", args.listen).await?;
             println!("gateway  http://{}", listener.local_addr()?);
-            mesh_gateway::serve(listener, config, boot.shutdown.clone()).await?;
+            let gateway = gateway_runtime(listener, args.admin_listen, &boot).await?;
+            mesh_gateway::run(gateway).await?;
             Ok(())
         }
         .await,
