@@ -64,7 +64,8 @@ pub(crate) const SERVICES: &[ServiceSpec] = &[
         label: "vpnusers",
         port_offset: 1,
         gateway_upstream_var: "MESH_GATEWAY_VPNUSERS_UPSTREAM",
-        check: check::<mesh_vpnusers::VpnUsersConfig>,
+        // Through the aliases, so the standard `DATABASE_URL` is checked too.
+        check: |source| check::<mesh_vpnusers::VpnUsersConfig>(&mesh_vpnusers::config::with_aliases(source)),
         run: |rt| Box::pin(mesh_vpnusers::run(rt)),
     },
     ServiceSpec {

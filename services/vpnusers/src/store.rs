@@ -672,7 +672,7 @@ impl UserStore {
         };
 
         let mut select = select_users();
-        select.cond_where(query.filter.condition());
+        select.cond_where(query.filter.condition(self.backend()));
         let page_number = if let Some(token) = &query.page_token {
             let cursor: ListCursor = self.page_token_key.verify(&context, token)?;
             let key_matches_sort = matches!(
@@ -739,7 +739,7 @@ impl UserStore {
         let select = Query::select()
             .expr_as(Expr::col(vpn_user::Column::Seq).count(), Alias::new("matching"))
             .from(vpn_user::Entity)
-            .cond_where(filter.condition())
+            .cond_where(filter.condition(self.backend()))
             .to_owned();
         let row = self.db.query_one(&select).await?;
         let count: i64 = match row {
@@ -811,7 +811,7 @@ impl UserStore {
         limit: u32,
     ) -> Result<Vec<User>, VpnUsersError> {
         let mut select = select_users();
-        select.cond_where(filter.condition());
+        select.cond_where(filter.condition(self.backend()));
         if let Some(after) = after {
             select.and_where(Expr::col(vpn_user::Column::Id).gt(after));
         }
@@ -958,7 +958,7 @@ impl UserStore {
                     return Err(VpnUsersError::EmptyFilter);
                 }
                 filter.validate()?;
-                update.cond_where(filter.condition());
+                update.cond_where(filter.condition(self.backend()));
                 let result = self.db.execute(&update).await?;
                 self.note_rows_written(result.rows_affected());
                 Ok(SetStatusOutcome { affected_count: result.rows_affected(), ..SetStatusOutcome::default() })
