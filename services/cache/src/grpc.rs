@@ -78,18 +78,22 @@ impl CacheGrpc {
     }
 }
 
-/// Converts a requested TTL; unset means the default.
-fn ttl_from_wire(ttl: Option<&prost_types::Duration>, config: &CacheConfig) -> Result<Duration, CacheError> {
+/// Converts a requested TTL (of a value or of a lease); unset means `default`.
+fn ttl_from_wire(
+    ttl: Option<&prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, CacheError> {
     let Some(ttl) = ttl else {
-        return Ok(config.default_ttl);
+        return Ok(default);
     };
     let invalid = |reason: String| CacheError::InvalidTtl { reason };
     let ttl = Duration::try_from(*ttl).map_err(|_| invalid("must be positive".to_owned()))?;
     if ttl.is_zero() {
         return Err(invalid("must be positive".to_owned()));
     }
-    if ttl > config.max_ttl {
-        return Err(invalid(format!("{}s exceeds the maximum of {}s", ttl.as_secs(), config.max_ttl.as_secs())));
+    if ttl > max {
+        return Err(invalid(format!("{}s exceeds the maximum of {}s", ttl.as_secs(), max.as_secs())));
     }
     Ok(ttl)
 }
@@ -128,7 +132,7 @@ fn status(error: &CacheError) -> Status {
 
 impl CacheGrpc {
     fn store_entry(&self, entry: pb::CacheEntry, config: &CacheConfig) -> Result<(), CacheError> {
-        let ttl = ttl_from_wire(entry.ttl.as_ref(), config)?;
+        let ttl = ttl_from_wire(entry.ttl.as_ref(), config.default_ttl, config.max_ttl)?;
         self.leases.fulfil(&self.store, &entry.key, None, Bytes::from(entry.value), ttl, entry.tags)
     }
 }
@@ -155,7 +159,7 @@ impl Cache for CacheGrpc {
     async fn set(&self, request: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let config = self.settings();
         let request = request.into_inner();
-        let ttl = ttl_from_wire(request.ttl.as_ref(), &config).map_err(|e| status(&e))?;
+        let ttl = ttl_from_wire(request.ttl.as_ref(), config.default_ttl, config.max_ttl).map_err(|e| status(&e))?;
         let lease_id = (!request.lease_id.is_empty()).then_some(request.lease_id.as_str());
         self.leases
             .fulfil(&self.store, &request.key, lease_id, Bytes::from(request.value), ttl, request.tags)
@@ -303,13 +307,8 @@ impl Cache for CacheGrpc {
         let config = self.settings();
         let request = request.into_inner();
         check_key(&request.key).map_err(|e| status(&e))?;
-        let lease_ttl = match request.lease_ttl.as_ref() {
-            None => config.default_lease_ttl,
-            Some(wire) => {
-                let lease_config = CacheConfig { max_ttl: config.max_lease_ttl, ..(*config).clone() };
-                ttl_from_wire(Some(wire), &lease_config).map_err(|e| status(&e))?
-            }
-        };
+        let lease_ttl = ttl_from_wire(request.lease_ttl.as_ref(), config.default_lease_ttl, config.max_lease_ttl)
+            .map_err(|e| status(&e))?;
         let max_wait = request
             .max_wait
             .and_then(|wait| Duration::try_from(wait).ok())
@@ -403,10 +402,11 @@ mod tests {
     fn ttls_are_checked_against_the_settings() {
         let config = CacheConfig::default();
         let wire = |seconds, nanos| prost_types::Duration { seconds, nanos };
-        assert_eq!(ttl_from_wire(None, &config), Ok(config.default_ttl));
-        assert_eq!(ttl_from_wire(Some(&wire(5, 500_000_000)), &config), Ok(Duration::from_millis(5500)));
+        let (default, max) = (config.default_ttl, config.max_ttl);
+        assert_eq!(ttl_from_wire(None, default, max), Ok(config.default_ttl));
+        assert_eq!(ttl_from_wire(Some(&wire(5, 500_000_000)), default, max), Ok(Duration::from_millis(5500)));
         for bad in [wire(0, 0), wire(-1, 0), wire(0, -5), wire(i64::MAX, 0)] {
-            let error = ttl_from_wire(Some(&bad), &config).unwrap_err();
+            let error = ttl_from_wire(Some(&bad), default, max).unwrap_err();
             assert_eq!(error.reason(), "INVALID_TTL", "{bad:?}");
         }
     }
