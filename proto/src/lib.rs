@@ -39,6 +39,22 @@ pub mod cache {
     }
 }
 
+/// The `BulkOps` service (`mesh.bulkops.v1`).
+pub mod bulkops {
+    /// Version 1 of `mesh.bulkops`.
+    pub mod v1 {
+        // Generated code; `StartBulkOperationRequest.target_set` is a oneof of a list and a selector.
+        #![allow(missing_docs, unreachable_pub, clippy::pedantic, clippy::large_enum_variant)]
+        tonic::include_proto!("mesh.bulkops.v1");
+
+        /// `mesh.bulkops.v1` and its imports, encoded.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh.bulkops.v1.bin"));
+
+        /// The fully qualified service name, as routed by the gateway.
+        pub const SERVICE_NAME: &str = "mesh.bulkops.v1.BulkOps";
+    }
+}
+
 /// The `DockerOps` service (`mesh.docker.v1`).
 pub mod docker {
     /// Version 1 of `mesh.docker`.

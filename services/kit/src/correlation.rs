@@ -114,21 +114,26 @@ pub async fn scope<F: Future>(context: CallContext, future: F) -> F::Output {
     CALL_CONTEXT.scope(context, future).await
 }
 
-/// Parses a `grpc-timeout` value (`100m`, `5S`, `1H`, at most 8 digits).
+/// Parses a `grpc-timeout` value (`100m`, `5S`, `1H`): 1 to 8 ASCII digits
+/// and a unit, as the gRPC spec has it; anything else (a sign, a space, a
+/// non-ASCII character) is no timeout at all.
 #[must_use]
 pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
-    if raw.len() < 2 || raw.len() > 9 {
+    // Split as bytes: the last character of a caller's text may be wider than
+    // one byte, and a `str` split inside it panics (found by fuzz/grpc_headers).
+    let (digits, unit) = raw.as_bytes().split_last().map(|(unit, digits)| (digits, *unit))?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let (digits, unit) = raw.split_at(raw.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
+    // Only ASCII digits, so both the text and the number are valid.
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
         _ => return None,
     })
 }
@@ -317,7 +322,7 @@ mod tests {
         ] {
             assert_eq!(parse_grpc_timeout(text), Some(duration), "{text}");
         }
-        for bad in ["", "5", "5s", "123456789S", "-1S", "xS"] {
+        for bad in ["", "5", "5s", "123456789S", "-1S", "xS", "+5S", " 5S", "S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
         assert_eq!(format_grpc_timeout(Duration::from_millis(1500)), "1500000u");
@@ -326,5 +331,14 @@ mod tests {
                 .map(|d| d >= Duration::from_secs(86_400 * 400)),
             Some(true)
         );
+    }
+
+    /// `fuzz/grpc_headers` found that a value ending in a character wider than
+    /// one byte panicked the parser: `"Ƥ"` (0xc6 0xa4) split inside the `Ƥ`.
+    #[test]
+    fn grpc_timeout_with_a_multibyte_last_character_is_refused() {
+        for crash in ["\u{1a4}", "1\u{e9}", "5\u{1d5a}", "99999999\u{10ffff}"] {
+            assert_eq!(parse_grpc_timeout(crash), None, "{crash:?}");
+        }
     }
 }

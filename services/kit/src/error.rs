@@ -32,6 +32,13 @@ pub trait RpcError: std::error::Error + Send + Sync + 'static {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// Further `ErrorInfo.metadata` pairs, e.g. the operation and server a
+    /// call failed on. Empty values are dropped, and inside a call
+    /// `correlation_id` is the call's own. Values reach the caller: they must
+    /// hold no secret.
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Builds the status for `error`: code, message, `ErrorInfo` with the
@@ -45,7 +52,12 @@ pub fn to_status<E: RpcError + ?Sized>(error: &E) -> Status {
     } else {
         error.to_string()
     };
-    let mut metadata = HashMap::new();
+    let mut metadata: HashMap<String, String> = error
+        .metadata()
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
     if !correlation_id.is_empty() {
         metadata.insert("correlation_id".to_owned(), correlation_id.clone());
     }
@@ -189,6 +201,35 @@ mod tests {
         assert_eq!(info.domain, "mesh.sample.v1");
         assert_eq!(info.metadata["correlation_id"], "corr-1");
         assert_eq!(details.bad_request().expect("bad request").field_violations[0].field, "key");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("server vm1 is unreachable")]
+    struct ContextError;
+
+    impl RpcError for ContextError {
+        fn code(&self) -> Code {
+            Code::Unavailable
+        }
+        fn reason(&self) -> &'static str {
+            "UNREACHABLE"
+        }
+        fn domain(&self) -> &'static str {
+            "mesh.sample.v1"
+        }
+        fn metadata(&self) -> Vec<(&'static str, String)> {
+            vec![("server_id", "vm1".to_owned()), ("empty", String::new()), ("correlation_id", "forged".to_owned())]
+        }
+    }
+
+    #[test]
+    fn extra_metadata_joins_error_info_without_overriding_the_correlation_id() {
+        let status = in_call(|| to_status(&ContextError));
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.metadata["server_id"], "vm1");
+        assert_eq!(info.metadata["correlation_id"], "corr-1");
+        assert!(!info.metadata.contains_key("empty"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: defaults → file → environment, validated; hot reload.
+//! - [`database`]: database URLs that never print a password; `connect` (feature `sql`).
 //! - [`correlation`]: `x-correlation-id`, deadlines, the [`CallContext`].
 //! - [`rpc_span`]: one span per RPC, joined to the caller's trace.
 //! - [`telemetry`]: log format, OTLP export, `traceparent` propagation.
@@ -22,6 +23,7 @@ pub mod allocator;
 pub mod client;
 pub mod config;
 pub mod correlation;
+pub mod database;
 pub mod error;
 pub mod introspection;
 pub mod memory;
@@ -32,6 +34,7 @@ pub mod telemetry;
 
 pub use config::{ConfigError, ConfigProblem, ConfigSource, ConfigWatch, ServiceConfig};
 pub use correlation::{CallContext, CorrelationId, CorrelationLayer};
+pub use database::{DatabaseLocation, DatabaseUrl};
 pub use error::{RpcError, to_status, to_status_proto};
 pub use introspection::{MemoryGauge, MemoryGauges};
 pub use rpc_span::RpcSpanLayer;
