@@ -1,12 +1,17 @@
 //! The access log: one `info` line per call on target `mesh_gateway::access`,
 //! written when its response ends, with the service, method, gRPC status,
-//! duration, response bytes, peer, correlation id and caller — never a
-//! credential. Switched by `access_log`, live.
+//! duration, request and response bytes, peer, correlation id and caller —
+//! never a credential. Switched by `access_log`, live.
+//!
+//! Request bytes are the body bytes a routed call's caller sent, counted by
+//! `message_limit`, which reads every request frame anyway, into the
+//! [`RequestBytes`] this layer puts in the request; the gateway's own
+//! services (health, reflection) log 0.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -50,8 +55,25 @@ pub(crate) struct AccessLog<S> {
     is_enabled: Arc<AtomicBool>,
 }
 
+/// The request body bytes of one call so far, shared with the layer that
+/// counts them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestBytes(Arc<AtomicU64>);
+
+impl RequestBytes {
+    /// Counts `bytes` more.
+    pub(crate) fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What the line of one call needs.
 pub(crate) struct AccessRecord {
+    request_bytes: RequestBytes,
     path: Option<PathAndQuery>,
     peer: Option<SocketAddr>,
     correlation_id: Option<CorrelationId>,
@@ -72,6 +94,7 @@ impl CallObserver for AccessRecord {
             method,
             grpc_status = ending.grpc_status,
             duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            request_bytes = self.request_bytes.total(),
             response_bytes = ending.response_bytes,
             peer,
             correlation_id,
@@ -93,14 +116,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let record = self.is_enabled.load(Ordering::Relaxed).then(|| AccessRecord {
+            request_bytes: RequestBytes::default(),
             path: request.uri().path_and_query().cloned(),
             peer: request.extensions().get::<PeerAddr>().map(|PeerAddr(peer)| *peer),
             correlation_id: request.extensions().get::<CallContext>().map(|context| context.correlation_id.clone()),
             caller: None,
             started: Instant::now(),
         });
+        if let Some(record) = &record {
+            request.extensions_mut().insert(record.request_bytes.clone());
+        }
         ResponseFuture { inner: self.inner.call(request), record }
     }
 }

@@ -7,6 +7,11 @@
 //! than one call; the presented credential is removed from the request before
 //! it goes upstream, and no error or log line ever carries it. With no token
 //! configured, authentication is off and every call passes.
+//!
+//! Behind mutual TLS a caller may instead be named by its client
+//! certificate: an entry of `client_certificates` whose `subject` is one of
+//! the certificate's identities. A token, when sent, names the caller first,
+//! so one certificate can carry calls on behalf of several token holders.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -24,6 +29,7 @@ use tower::{BoxError, Layer, Service};
 use crate::config::GatewayConfig;
 use crate::refusal::RefusalOr;
 use crate::reload::Live;
+use crate::tls::ClientCertificate;
 
 /// The header of `Bearer` tokens.
 const AUTHORIZATION_HEADER: &str = "authorization";
@@ -42,8 +48,9 @@ pub(crate) struct Identity(pub(crate) Arc<str>);
 /// Why a call was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
-    /// Neither `authorization: Bearer` nor `x-api-key` was sent.
-    #[error("credentials required: send `authorization: Bearer <token>` or `x-api-key`")]
+    /// Neither `authorization: Bearer` nor `x-api-key` was sent, nor a
+    /// client certificate a `client_certificates` entry knows.
+    #[error("credentials required: send `authorization: Bearer <token>` or `x-api-key`, or a known client certificate")]
     MissingCredentials,
     /// A credential was sent, but no configured token matches it.
     #[error("the credentials are not valid")]
@@ -142,6 +149,8 @@ pub(crate) struct AuthPolicy {
     /// a hash map does not leak the token through timing: an attacker does
     /// not control the digest of what it sends.
     holders: HashMap<TokenDigest, TokenHolder>,
+    /// Callers known by their client certificate, by the identity that matches.
+    certificate_holders: HashMap<Box<str>, TokenHolder>,
     public_services: HashSet<String>,
 }
 
@@ -158,17 +167,40 @@ impl AuthPolicy {
                 Some((digest, TokenHolder { identity: Identity(token.name.as_str().into()), allow }))
             })
             .collect();
-        Self { holders, public_services: config.public_services.iter().cloned().collect() }
+        let certificate_holders = config
+            .client_certificates
+            .iter()
+            .map(|entry| {
+                let allow = entry.allow.iter().filter_map(|raw| MethodPattern::parse(raw)).collect();
+                let holder = TokenHolder { identity: Identity(entry.name.as_str().into()), allow };
+                (entry.subject.as_str().into(), holder)
+            })
+            .collect();
+        Self { holders, certificate_holders, public_services: config.public_services.iter().cloned().collect() }
     }
 
-    /// Whether any token is configured; without one, authentication is off.
+    /// Whether any token or client certificate is configured; without one,
+    /// authentication is off.
     pub(crate) fn is_enabled(&self) -> bool {
-        !self.holders.is_empty()
+        !self.holders.is_empty() || !self.certificate_holders.is_empty()
     }
 
-    /// Decides a call to `path` carrying `headers`: `Ok(None)` when it needs
-    /// no credentials, `Ok(Some(identity))` when its holder may make it.
-    fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Identity>, AuthError> {
+    /// The holder named by the first identity of `certificate` that an
+    /// entry of `client_certificates` knows.
+    fn certificate_holder(&self, certificate: Option<&ClientCertificate>) -> Option<&TokenHolder> {
+        let identities = &certificate?.identities;
+        identities.iter().find_map(|identity| self.certificate_holders.get(identity))
+    }
+
+    /// Decides a call to `path` carrying `headers`, on a connection whose
+    /// caller presented `certificate`: `Ok(None)` when it needs no
+    /// credentials, `Ok(Some(identity))` when its holder may make it.
+    fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Option<Identity>, AuthError> {
         if !self.is_enabled() {
             return Ok(None);
         }
@@ -179,9 +211,13 @@ impl AuthPolicy {
         if self.public_services.contains(service) {
             return Ok(None);
         }
-        let credential = presented_credential(headers).ok_or(AuthError::MissingCredentials)?;
-        let digest: TokenDigest = Sha256::digest(credential).into();
-        let holder = self.holders.get(&digest).ok_or(AuthError::UnknownCredentials)?;
+        let holder = match presented_credential(headers) {
+            Some(credential) => {
+                let digest: TokenDigest = Sha256::digest(credential).into();
+                self.holders.get(&digest).ok_or(AuthError::UnknownCredentials)?
+            }
+            None => self.certificate_holder(certificate).ok_or(AuthError::MissingCredentials)?,
+        };
         if holder.allow.iter().any(|pattern| pattern.allows(service, method)) {
             Ok(Some(holder.identity.clone()))
         } else {
@@ -248,7 +284,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let decision = self.policy.load().authorize(request.uri().path(), request.headers());
+        let certificate = request.extensions().get::<ClientCertificate>();
+        let decision = self.policy.load().authorize(request.uri().path(), request.headers(), certificate);
         match decision {
             Ok(identity) => {
                 // The gateway's credentials mean nothing upstream; they must not travel further.
@@ -331,7 +368,7 @@ mod tests {
     }
 
     fn check(policy: &AuthPolicy, path: &str, sent: &[(&'static str, &str)], expected: Result<Option<&str>, Code>) {
-        let outcome = policy.authorize(path, &headers(sent));
+        let outcome = policy.authorize(path, &headers(sent), None);
         let outcome =
             outcome.as_ref().map(|identity| identity.as_ref().map(|Identity(name)| &**name)).map_err(RpcError::code);
         assert_eq!(outcome, expected, "{path} {sent:?}");
@@ -390,10 +427,48 @@ mod tests {
     }
 
     #[test]
+    fn a_known_client_certificate_names_the_caller_unless_a_token_does() {
+        let mut config = GatewayConfig {
+            tokens: vec![TokenConfig {
+                name: "admin".into(),
+                sha256: sha256_hex("admin-secret"),
+                allow: vec!["*".into()],
+                rate_limit_per_second: 0,
+                rate_limit_burst: 0,
+            }],
+            ..GatewayConfig::default()
+        };
+        config.client_certificates = vec![crate::config::ClientCertificateConfig {
+            name: "billing".into(),
+            subject: "spiffe://mesh/billing".into(),
+            allow: vec!["mesh.cache.v1.Cache/Get".into()],
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
+        }];
+        let policy = AuthPolicy::from_config(&config);
+        let billing =
+            ClientCertificate { identities: ["billing.example".into(), "spiffe://mesh/billing".into()].into() };
+        let stranger = ClientCertificate { identities: ["stranger".into()].into() };
+        let name = |outcome: Result<Option<Identity>, AuthError>| {
+            outcome.map(|identity| identity.map(|Identity(name)| name.to_string()))
+        };
+        let get = "/mesh.cache.v1.Cache/Get";
+
+        assert_eq!(name(policy.authorize(get, &headers(&[]), Some(&billing))).unwrap(), Some("billing".into()));
+        let denied = policy.authorize("/mesh.cache.v1.Cache/Set", &headers(&[]), Some(&billing)).unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let unknown = policy.authorize(get, &headers(&[]), Some(&stranger)).unwrap_err();
+        assert_eq!(unknown.reason(), "CREDENTIALS_MISSING");
+        let by_token = policy.authorize(get, &headers(&[("x-api-key", "admin-secret")]), Some(&billing));
+        assert_eq!(name(by_token).unwrap(), Some("admin".into()), "the token names the caller first");
+    }
+
+    #[test]
     fn refusals_never_carry_the_credential() {
         let policy = policy_with(&[("reader", "reader-secret", &["mesh.cache.v1.Cache/Get"])]);
         for sent in ["reader-secret", "hunter2"] {
-            let error = policy.authorize("/mesh.cache.v1.Cache/Set", &headers(&[("x-api-key", sent)])).unwrap_err();
+            let error =
+                policy.authorize("/mesh.cache.v1.Cache/Set", &headers(&[("x-api-key", sent)]), None).unwrap_err();
             assert!(!error.to_string().contains(sent), "{error}");
         }
     }

@@ -192,6 +192,25 @@ impl Member {
         }
     }
 
+    /// Leaves the endpoint out for `ejection_time`: its health check did not
+    /// answer SERVING. A call that succeeds on it later (once the ejection
+    /// has run out) brings it back as after any ejection.
+    pub(crate) fn eject_unhealthy(&self, ejection_time: Duration) {
+        let now = Instant::now();
+        let was_ejected = self.is_ejected(nanos_since_epoch(now));
+        self.ejected_until_nanos.store(nanos_since_epoch(now + ejection_time), Ordering::Relaxed);
+        // Counts as failures, so the first success afterwards logs the return and clears the ejection.
+        self.failures_in_a_row.fetch_max(1, Ordering::Relaxed);
+        if !was_ejected {
+            warn!(
+                service = self.endpoint.service_name(),
+                endpoint = %self.endpoint.authority(),
+                ejected_for = ?ejection_time,
+                "endpoint failed its health check; ejected from balancing"
+            );
+        }
+    }
+
     fn record_failure(&self, outliers: OutlierSettings, error: &ProxyError) {
         let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= outliers.consecutive_failures {
@@ -310,7 +329,9 @@ async fn send_to_some_endpoint(
                 request = *unsent;
             }
             Err(SendFailure::Failed(error)) => {
-                member.record_failure(endpoints.outliers, &error);
+                if error.is_endpoint_fault() {
+                    member.record_failure(endpoints.outliers, &error);
+                }
                 return Err(Unavailable { service, cause: error }.into());
             }
         }

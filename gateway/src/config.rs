@@ -9,6 +9,7 @@
 //! the others are read once at start.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -46,6 +47,9 @@ pub struct GatewayConfig {
     /// Where the `MemoryProfiler` service (`mesh.memory.v1.MemoryProfiler`) listens, as for
     /// `cache_upstream`. Unset means the gateway does not serve it.
     pub memory_upstream: Option<String>,
+    /// Where the `BulkOps` service (`mesh.bulkops.v1.BulkOps`) listens, as for
+    /// `cache_upstream`. Unset means the gateway does not serve it.
+    pub bulkops_upstream: Option<String>,
     /// How long opening a connection to an upstream (TCP connect plus the
     /// HTTP/2 handshake) may take before the call fails UNAVAILABLE.
     #[serde(with = "duration_secs")]
@@ -59,8 +63,10 @@ pub struct GatewayConfig {
     /// upstream counts as `NOT_SERVING`.
     #[serde(with = "duration_secs")]
     pub health_check_timeout: Duration,
-    /// How often a health `Watch` checks the upstreams again; a message is
-    /// sent only when the status changes.
+    /// How often a health `Watch` checks the upstreams again (a message is
+    /// sent only when the status changes), and how often the gateway probes
+    /// every endpoint's health itself, ejecting one that does not answer
+    /// SERVING for `outlier_ejection_time`.
     #[serde(with = "duration_secs")]
     pub health_poll_interval: Duration,
     /// Concurrent calls (HTTP/2 streams) one caller connection may have open.
@@ -133,9 +139,67 @@ pub struct GatewayConfig {
     #[serde(with = "duration_secs")]
     pub outlier_ejection_time: Duration,
     /// One `info` line per call (target `mesh_gateway::access`): service,
-    /// method, status, duration, response bytes, peer, correlation id and
+    /// method, status, duration, request and response bytes, peer, correlation id and
     /// caller. *Live*.
     pub access_log: bool,
+    /// Largest gRPC message a caller may send, read from each message's
+    /// 5-byte length prefix as it streams past (bodies are never buffered
+    /// for this); a larger one is refused `RESOURCE_EXHAUSTED` and its stream
+    /// reset upstream. *Live*.
+    pub max_request_message_bytes: u32,
+    /// Largest gRPC message an upstream may send back; a larger one ends the
+    /// call `RESOURCE_EXHAUSTED` in the trailers instead. *Live*.
+    pub max_response_message_bytes: u32,
+    /// A caller connection with no call open for this long is closed
+    /// (HTTP/2 GOAWAY, so nothing in flight is lost); 0 keeps idle
+    /// connections open.
+    #[serde(with = "duration_secs")]
+    pub idle_timeout: Duration,
+    /// PEM certificate chain the listener presents; with `tls_key_file` it
+    /// turns TLS on (ALPN `h2`). Unset: plaintext h2c. Read at start.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that sign callers' certificates; set, it turns
+    /// mutual TLS on: a caller without a certificate from one of them cannot
+    /// connect, and the certificate's identity may name it (see
+    /// `client_certificates`). Needs `tls_cert_file`. Read at start.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// How long a caller has to finish the TLS handshake.
+    #[serde(with = "duration_secs")]
+    pub tls_handshake_timeout: Duration,
+    /// Callers known by their client certificate (mutual TLS), as `tokens`
+    /// are by their token: who they are, what they may call and their rate.
+    /// A call with a token is named by the token; otherwise by its
+    /// certificate when one entry matches it. *Live*.
+    pub client_certificates: Vec<ClientCertificateConfig>,
+    /// How often upstream host names are resolved again; each address a
+    /// name resolves to is one endpoint (a Kubernetes headless service
+    /// lists one per pod). Endpoints that disappear finish their calls in
+    /// flight; new ones join balancing. IP literals are never resolved.
+    #[serde(with = "duration_secs")]
+    pub dns_refresh_interval: Duration,
+}
+
+/// A caller identified by its TLS client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// Who holds the certificate; names the caller in logs and metrics and
+    /// keys its rate limit, like a token's `name` (the two share one namespace).
+    pub name: String,
+    /// The certificate identity that matches: a DNS or URI subject
+    /// alternative name (`billing.mesh.internal`, `spiffe://mesh/billing`),
+    /// or the subject common name.
+    pub subject: String,
+    /// What the caller may call, as for tokens.
+    pub allow: Vec<String>,
+    /// Calls per second this caller may make; 0 (the default) means unlimited.
+    #[serde(default)]
+    pub rate_limit_per_second: u32,
+    /// Calls this caller may make at once above its rate; 0 means equal to the rate.
+    #[serde(default)]
+    pub rate_limit_burst: u32,
 }
 
 /// One caller credential: a bearer token or API key, stored only as its
@@ -191,6 +255,7 @@ impl Default for GatewayConfig {
             virtualmin_upstream: None,
             docker_upstream: None,
             memory_upstream: None,
+            bulkops_upstream: None,
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_connections: 4,
             health_check_timeout: Duration::from_secs(1),
@@ -216,6 +281,15 @@ impl Default for GatewayConfig {
             outlier_consecutive_failures: 3,
             outlier_ejection_time: Duration::from_secs(5),
             access_log: true,
+            max_request_message_bytes: 4 * 1024 * 1024,
+            max_response_message_bytes: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(3600),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            client_certificates: Vec::new(),
+            dns_refresh_interval: Duration::from_secs(5),
         }
     }
 }
@@ -269,9 +343,19 @@ impl ServiceConfig for GatewayConfig {
             ("default_deadline", self.default_deadline, 0.001, 86_400.0),
             ("max_deadline", self.max_deadline, 0.001, 86_400.0),
             ("outlier_ejection_time", self.outlier_ejection_time, 0.0, 3600.0),
+            ("idle_timeout", self.idle_timeout, 0.0, 86_400.0),
+            ("tls_handshake_timeout", self.tls_handshake_timeout, 0.01, 600.0),
+            ("dns_refresh_interval", self.dns_refresh_interval, 0.1, 86_400.0),
         ] {
             ConfigProblem::check_range(&mut problems, field, value.as_secs_f64(), min_secs, max_secs);
         }
+        for (field, value) in [
+            ("max_request_message_bytes", self.max_request_message_bytes),
+            ("max_response_message_bytes", self.max_response_message_bytes),
+        ] {
+            ConfigProblem::check_range(&mut problems, field, value, 1024, u32::MAX);
+        }
+        problems.extend(crate::tls::validate(self));
         for (index, token) in self.tokens.iter().enumerate() {
             // Named by position and holder, never by digest: the field is the user's pointer to the entry.
             let field = format!("tokens[{index}] ({})", token.name);
@@ -366,6 +450,12 @@ impl GatewayConfig {
                 descriptor_set: mesh_proto::memory::v1::PROFILER_FILE_DESCRIPTOR_SET,
                 upstream_field: "memory_upstream",
                 upstream_uri: self.memory_upstream.as_deref(),
+            },
+            ServiceRoute {
+                service_name: mesh_proto::bulkops::v1::SERVICE_NAME,
+                descriptor_set: mesh_proto::bulkops::v1::FILE_DESCRIPTOR_SET,
+                upstream_field: "bulkops_upstream",
+                upstream_uri: self.bulkops_upstream.as_deref(),
             },
         ]
     }

@@ -89,7 +89,7 @@ impl DeadlinePolicy {
 
     /// The time a call to `path` gets: what it asked for in `headers`, or
     /// the default, and never more than the maximum.
-    fn budget(&self, path: &str, headers: &HeaderMap) -> Duration {
+    pub(crate) fn budget(&self, path: &str, headers: &HeaderMap) -> Duration {
         let service = split_grpc_path(path).map_or("", |(service, _method)| service);
         let limits = self.per_service.get(service).unwrap_or(&self.gateway_wide);
         let requested =

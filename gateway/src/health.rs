@@ -5,12 +5,23 @@
 //! name is `NOT_FOUND`. `Watch` re-checks every `health_poll_interval` and sends
 //! a message when the status changes. While the gateway drains, everything
 //! is `NOT_SERVING` and `Watch` streams end, so they do not hold up the drain.
+//! The endpoints checked are those in balancing at the time of the check, so
+//! endpoints added by a reload or by re-resolution are checked too.
+//!
+//! Besides answering callers, the checker probes every endpoint itself each
+//! `health_poll_interval` ([`GatewayHealth::probe_endpoints`]) and ejects
+//! from balancing, for `outlier_ejection_time`, one that does not answer
+//! SERVING: an endpoint no call happens to pick (balancing prefers the
+//! others) is still found out, whether it was configured at start or added
+//! since.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::Stream;
+use http::uri::Authority;
 use mesh_kit::CancellationToken;
 use mesh_kit::client::MeshChannel;
 use tokio::time::MissedTickBehavior;
@@ -21,7 +32,9 @@ use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tracing::debug;
 
+use crate::balance::{EndpointSet, Member};
 use crate::error::HealthError;
+use crate::reload::Live;
 
 /// The health service; cheap to share, every call reads the same checker.
 #[derive(Debug)]
@@ -33,11 +46,50 @@ pub(crate) struct GatewayHealth {
 #[derive(Debug)]
 pub(crate) struct UpstreamHealth {
     /// The gRPC service name, as asked for in `Check`.
-    pub(crate) service_name: &'static str,
-    /// Lazily connected channels, one per endpoint configured at start,
-    /// separate from the proxy's connections so a check sees an endpoint as
-    /// a new caller would.
-    pub(crate) clients: Vec<HealthClient<MeshChannel>>,
+    service_name: &'static str,
+    /// The endpoints in balancing, as reload and re-resolution change them.
+    endpoints: Live<EndpointSet>,
+    connect_timeout: Duration,
+    /// Lazily connected channels by endpoint, separate from the proxy's
+    /// connections so a check sees an endpoint as a new caller would; those
+    /// of endpoints no longer in the set are dropped at the next check.
+    clients: Mutex<HashMap<Authority, HealthClient<MeshChannel>>>,
+}
+
+impl UpstreamHealth {
+    pub(crate) fn new(service_name: &'static str, endpoints: Live<EndpointSet>, connect_timeout: Duration) -> Self {
+        Self { service_name, endpoints, connect_timeout, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// Each endpoint in balancing now with its client; `None` for an
+    /// endpoint whose channel cannot be built (it counts as not serving).
+    fn current_clients(&self) -> Vec<(Arc<Member>, Option<HealthClient<MeshChannel>>)> {
+        let endpoints = self.endpoints.load();
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.retain(|authority, _| endpoints.members.iter().any(|member| member.endpoint.authority() == authority));
+        endpoints
+            .members
+            .iter()
+            .map(|member| {
+                let authority = member.endpoint.authority();
+                if let Some(client) = clients.get(authority) {
+                    return (Arc::clone(member), Some(client.clone()));
+                }
+                let uri = format!("http://{authority}");
+                match mesh_kit::client::connect_lazy(&uri, self.connect_timeout) {
+                    Ok(channel) => {
+                        let client = HealthClient::new(channel);
+                        clients.insert(authority.clone(), client.clone());
+                        (Arc::clone(member), Some(client))
+                    }
+                    Err(error) => {
+                        debug!(upstream = self.service_name, %authority, %error, "cannot build a health channel");
+                        (Arc::clone(member), None)
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +111,24 @@ impl GatewayHealth {
         shutdown: CancellationToken,
     ) -> Self {
         Self { checker: Arc::new(HealthChecker { upstreams, check_timeout, poll_interval, shutdown }) }
+    }
+
+    /// Probes every endpoint each poll interval until the drain, ejecting
+    /// those that do not answer SERVING; see the module docs.
+    pub(crate) fn probe_endpoints(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let checker = Arc::clone(&self.checker);
+        async move {
+            let mut ticker = tokio::time::interval(checker.poll_interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = checker.shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let rounds = checker.upstreams.iter().map(|upstream| checker.probe_upstream(upstream));
+                futures_util::future::join_all(rounds).await;
+            }
+        }
     }
 }
 
@@ -111,9 +181,31 @@ impl HealthChecker {
 
     /// Asks the endpoints of `upstream` about `service`: SERVING if any is.
     async fn upstream_status(&self, upstream: &UpstreamHealth, service: &str) -> ServingStatus {
-        let checks = upstream.clients.iter().map(|client| self.endpoint_status(upstream, client, service));
+        let clients = upstream.current_clients();
+        let checks = clients.iter().map(|(_member, client)| async move {
+            match client {
+                Some(client) => self.endpoint_status(upstream, client, service).await,
+                None => ServingStatus::NotServing,
+            }
+        });
         let statuses = futures_util::future::join_all(checks).await;
         if statuses.contains(&ServingStatus::Serving) { ServingStatus::Serving } else { ServingStatus::NotServing }
+    }
+
+    /// Checks every endpoint of `upstream` once, ejecting those not serving.
+    async fn probe_upstream(&self, upstream: &UpstreamHealth) {
+        let ejection_time = upstream.endpoints.load().outliers.ejection_time;
+        let clients = upstream.current_clients();
+        let probes = clients.iter().map(|(member, client)| async move {
+            let status = match client {
+                Some(client) => self.endpoint_status(upstream, client, "").await,
+                None => ServingStatus::NotServing,
+            };
+            if status != ServingStatus::Serving {
+                member.eject_unhealthy(ejection_time);
+            }
+        });
+        futures_util::future::join_all(probes).await;
     }
 
     /// Asks one endpoint about `service`; no answer within the check

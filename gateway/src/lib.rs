@@ -10,13 +10,15 @@
 //!
 //! # Layout
 //! - [`serve`], [`run`] (here): the accept loop and the graceful drain.
+//! - `connection` (with `tls`, `peer`): one caller connection: TLS or mutual TLS, the idle timeout.
 //! - `stack`: the layer order of both stacks, and the HTTP/2 server settings.
 //! - `authn`, `rate_limit`, `load_shed`, `deadline`: refusals and limits, one layer each.
 //! - `access_log`, `metrics` (with `observe`): one line and the series of every call; `admin` serves `/metrics`.
+//! - `message_limit`: the size limit of every gRPC message, read from its length prefix.
 //! - `rescue`: the one place a layer's typed error becomes a gRPC status.
 //! - `route`: picks a call's destination from its path.
 //! - `retry` (with `request_body`), `balance`, `proxy`: replay, endpoint choice, HTTP/2 passthrough.
-//! - `reload`: the live settings and how a reloaded config reaches them.
+//! - `reload`: the live settings and how a reloaded config reaches them; `dns`: re-resolution of upstream names.
 //! - `health`: `grpc.health.v1.Health`, aggregated over the upstreams.
 //! - `config`: [`GatewayConfig`], its documented settings, validation and the route table.
 //! - `error`: [`GatewayError`], and the error of a refused health check.
@@ -28,10 +30,15 @@ mod admin;
 mod authn;
 mod balance;
 mod config;
+mod connection;
 mod deadline;
+mod dns;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod load_shed;
+mod message_limit;
 mod metrics;
 mod observe;
 mod peer;
@@ -44,28 +51,26 @@ mod rescue;
 mod retry;
 mod route;
 mod stack;
+mod tls;
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use mesh_kit::{CancellationToken, ConfigWatch, ServiceConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::HealthServer;
 use tower::util::BoxCloneSyncService;
 use tracing::{debug, error, info, warn};
 
-pub use config::{GatewayConfig, RouteConfig, TokenConfig};
+pub use config::{ClientCertificateConfig, GatewayConfig, RouteConfig, TokenConfig};
+pub use dns::{Resolve, ResolveFuture, SystemResolver};
 pub use error::GatewayError;
 
+use crate::connection::ListenerSettings;
 use crate::health::{GatewayHealth, UpstreamHealth};
 use crate::metrics::GatewayMetrics;
-use crate::peer::SetPeerAddr;
 use crate::reload::LiveSettings;
 use crate::route::{LocalServices, Router, UpstreamRoute};
 
@@ -101,7 +106,13 @@ pub async fn serve(
 /// asks every caller connection to finish (HTTP/2 GOAWAY), and waits up to
 /// `shutdown_grace` for calls in flight before cutting the connections that
 /// remain. Each accepted change of `config` applies to the next call.
+/// Upstream host names are resolved by the system resolver.
 pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
+    run_with_resolver(runtime, Arc::new(SystemResolver)).await
+}
+
+/// As [`run`], resolving upstream host names with `resolver`.
+pub async fn run_with_resolver(runtime: GatewayRuntime, resolver: Arc<dyn Resolve>) -> Result<(), GatewayError> {
     let GatewayRuntime { listener, admin_listener, config: config_watch, shutdown } = runtime;
     let config = GatewayConfig::clone(&config_watch.borrow());
     let problems = config.validate();
@@ -118,13 +129,23 @@ pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
         .chain(GatewayConfig::default().public_services)
         .collect::<Vec<_>>();
     let metrics = GatewayMetrics::new(known_services);
-    let router = build_router(&config, &settings, &metrics, shutdown.clone())?;
+    let (router, probe_endpoints) = build_router(&config, &settings, &metrics, shutdown.clone())?;
     let upstream_services = router.upstream_services();
     let caller_stack = stack::caller_stack(router, &settings, &metrics);
-    let http2_server = stack::http2_server(&config);
+    let tls = tls::acceptor(&config)
+        .map_err(|(field, error)| mesh_kit::ConfigError::Invalid { problems: vec![format!("{field}: {error}")] })?;
+    let is_tls = tls.is_some();
+    let listener_settings = Arc::new(ListenerSettings {
+        http2: stack::http2_server(&config),
+        tls,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+        idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+    });
 
     let mut background = JoinSet::new();
     background.spawn(reload::follow(Arc::clone(&settings), config_watch, shutdown.clone()));
+    background.spawn(dns::follow(Arc::clone(&settings), resolver, shutdown.clone()));
+    background.spawn(probe_endpoints);
     if let Some(admin_listener) = admin_listener {
         background.spawn(admin::serve_admin(
             admin_listener,
@@ -134,10 +155,9 @@ pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
         ));
     }
 
-    let graceful = GracefulShutdown::new();
     // Every caller connection runs in its own task; the set lets the drain cut the ones outliving the grace period.
     let mut connections = JoinSet::new();
-    info!(%local_addr, services = ?upstream_services, "gateway serving");
+    info!(%local_addr, services = ?upstream_services, tls = is_tls, "gateway serving");
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -167,20 +187,21 @@ pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
         if let Err(nodelay_error) = stream.set_nodelay(true) {
             debug!(%remote_addr, %nodelay_error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(SetPeerAddr::new(caller_stack.clone(), remote_addr));
-        let connection = http2_server.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        connections.spawn(async move {
-            if let Err(connection_error) = connection.await {
-                debug!(%remote_addr, %connection_error, "caller connection ended with an error");
-            }
-        });
+        // Each connection sees `shutdown` itself and closes with GOAWAY, letting its calls in flight finish.
+        connections.spawn(connection::serve_connection(
+            stream,
+            remote_addr,
+            caller_stack.clone(),
+            Arc::clone(&listener_settings),
+            shutdown.clone(),
+        ));
     }
 
     drop(listener);
     info!(%local_addr, in_flight_connections = connections.len(), "gateway draining");
+    let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
-        () = graceful.shutdown() => info!(%local_addr, "gateway drained"),
+        () = drained => info!(%local_addr, "gateway drained"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             warn!(%local_addr, grace = ?config.shutdown_grace, "calls in flight outlived the shutdown grace period; cutting them");
         }
@@ -191,14 +212,15 @@ pub async fn run(runtime: GatewayRuntime) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The router over the upstream stacks of `settings`, with health over the
-/// endpoints configured at start and reflection over their services.
+/// The router over the upstream stacks of `settings`, with health over
+/// their endpoints (as reload and re-resolution change them) and reflection
+/// over their services; and the task that probes those endpoints' health.
 fn build_router(
     config: &GatewayConfig,
     settings: &LiveSettings,
     metrics: &GatewayMetrics,
     shutdown: CancellationToken,
-) -> Result<Router, GatewayError> {
+) -> Result<(Router, impl Future<Output = ()> + Send + 'static), GatewayError> {
     let mut upstreams = Vec::new();
     let mut upstream_healths = Vec::new();
     let mut descriptor_sets = Vec::new();
@@ -209,25 +231,23 @@ fn build_router(
             service_name: upstream.service_name,
             service: stack::upstream_service(upstream, metrics),
         });
-        let mut clients = Vec::new();
-        for member in &upstream.endpoints.load().members {
-            let uri = format!("http://{}", member.endpoint.authority());
-            let channel = mesh_kit::client::connect_lazy(&uri, config.upstream_connect_timeout)
-                .map_err(|source| GatewayError::HealthChannel { service: upstream.service_name, source })?;
-            clients.push(HealthClient::new(channel));
-        }
-        upstream_healths.push(UpstreamHealth { service_name: upstream.service_name, clients });
+        upstream_healths.push(UpstreamHealth::new(
+            upstream.service_name,
+            Arc::clone(&upstream.endpoints),
+            config.upstream_connect_timeout,
+        ));
         descriptor_sets.push(route.descriptor_set);
     }
     let health =
         GatewayHealth::new(upstream_healths, config.health_check_timeout, config.health_poll_interval, shutdown);
+    let probe_endpoints = health.probe_endpoints();
     let (reflection_v1, reflection_v1alpha) = mesh_kit::server::reflection_services(&descriptor_sets)?;
     let local = LocalServices {
         health: BoxCloneSyncService::new(HealthServer::new(health)),
         reflection_v1: BoxCloneSyncService::new(reflection_v1),
         reflection_v1alpha: BoxCloneSyncService::new(reflection_v1alpha),
     };
-    Ok(Router::new(upstreams, local))
+    Ok((Router::new(upstreams, local), probe_endpoints))
 }
 
 /// Errors about one incoming connection, which leave the listener usable.

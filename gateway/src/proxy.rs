@@ -25,7 +25,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -40,10 +40,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mesh_kit::correlation::{GRPC_TIMEOUT_HEADER, format_grpc_timeout};
 use tokio::net::TcpStream;
+use tower::BoxError;
 use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::deadline::CallDeadline;
+use crate::message_limit::LimitedRequestBody;
 use crate::request_body::RequestBody;
 
 /// Streams this gateway has reset that one upstream connection remembers.
@@ -57,8 +59,16 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 
+/// The caller's request body as it reaches the proxy: checked against the message size limit.
+pub(crate) type CallerBody = LimitedRequestBody<Incoming>;
+
 /// The request the proxy sends: the caller's, with its body streamed or replayed.
-pub(crate) type UpstreamRequest = Request<RequestBody<Incoming>>;
+pub(crate) type UpstreamRequest = Request<RequestBody<CallerBody>>;
+
+/// Why a streamed request body stopped, set by the task that pumps it, so
+/// the call's response reports the cause (e.g. a message over the limit)
+/// rather than the reset it led to.
+type BodyFailure = Arc<Mutex<Option<BoxError>>>;
 
 /// One endpoint of a service and the connections to it.
 #[derive(Debug)]
@@ -113,6 +123,17 @@ pub(crate) enum ProxyError {
     ClosedOnArrival,
     #[error("call broken: {0}")]
     Call(h2::Error),
+    /// The caller's request body failed (e.g. a message over the size
+    /// limit); the endpoint is not at fault.
+    #[error("the caller's request body failed: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+impl ProxyError {
+    /// Whether the failure says something about the endpoint, for outlier ejection.
+    pub(crate) fn is_endpoint_fault(&self) -> bool {
+        !matches!(self, Self::RequestBody(_))
+    }
 }
 
 // === impl Endpoint ===
@@ -184,13 +205,18 @@ impl Endpoint {
             };
             sender
         };
-        let response = start_call(sender, request).map_err(|error| {
+        let (response, body_failure) = start_call(sender, request).map_err(|error| {
             connection.forget_if_broken();
-            SendFailure::Failed(ProxyError::Call(error))
+            SendFailure::Failed(error)
         })?;
         match response.await {
             Ok(response) => Ok(response.map(|body| UpstreamBody { body, is_data_done: false })),
             Err(error) => {
+                let body_error =
+                    body_failure.and_then(|failure| failure.lock().unwrap_or_else(PoisonError::into_inner).take());
+                if let Some(body_error) = body_error {
+                    return Err(SendFailure::Failed(ProxyError::RequestBody(body_error)));
+                }
                 connection.forget_if_broken();
                 Err(SendFailure::Failed(ProxyError::Call(error)))
             }
@@ -282,46 +308,53 @@ async fn keep_alive(mut ping_pong: PingPong, interval: Duration, timeout: Durati
 }
 
 /// Hands the headers, and the body if it is already in hand, to `h2`, so
-/// they leave in one write; a body still arriving is pumped by a task.
+/// they leave in one write; a body still arriving is pumped by a task,
+/// which reports in the returned slot why it stopped early, if it did.
 fn start_call(
     mut sender: SendRequest<Bytes>,
     request: UpstreamRequest,
-) -> Result<h2::client::ResponseFuture, h2::Error> {
+) -> Result<(h2::client::ResponseFuture, Option<BodyFailure>), ProxyError> {
     let (parts, body) = request.into_parts();
     let is_end_of_stream = body.is_end_stream();
     let head = Request::from_parts(parts, ());
-    let (response, mut send_stream) = sender.send_request(head, is_end_of_stream)?;
+    let (response, mut send_stream) = sender.send_request(head, is_end_of_stream).map_err(ProxyError::Call)?;
     if is_end_of_stream {
-        return Ok(response);
+        return Ok((response, None));
     }
     match body {
         RequestBody::Replay { data, trailers } => {
             // Kept whole and bounded by `retry_max_body_bytes`: h2 may buffer it before the stream has capacity.
-            send_whole_body(&mut send_stream, data.unwrap_or_default(), trailers)?;
+            send_whole_body(&mut send_stream, data.unwrap_or_default(), trailers).map_err(ProxyError::Call)?;
         }
         mut streaming => {
             // A unary request usually arrived whole with its headers: then it goes out with them.
             let first_frame = streaming.frame().now_or_never();
-            match first_frame {
+            let sent = match first_frame {
                 Some(Some(Ok(frame))) if streaming.is_end_stream() => match frame.into_data() {
-                    Ok(data) => send_whole_body(&mut send_stream, data, None)?,
-                    Err(frame) => send_whole_body(&mut send_stream, Bytes::new(), frame.into_trailers().ok())?,
+                    Ok(data) => send_whole_body(&mut send_stream, data, None),
+                    Err(frame) => send_whole_body(&mut send_stream, Bytes::new(), frame.into_trailers().ok()),
                 },
-                Some(None) => send_stream.send_data(Bytes::new(), true)?,
+                Some(None) => send_stream.send_data(Bytes::new(), true),
                 Some(Some(Err(error))) => {
-                    debug!(%error, "caller's request body broke");
+                    debug!(%error, "caller's request body failed");
                     send_stream.send_reset(h2::Reason::CANCEL);
+                    return Err(ProxyError::RequestBody(error));
                 }
                 Some(Some(Ok(frame))) => {
-                    tokio::spawn(pump_body(Some(frame), streaming, send_stream));
+                    let body_failure = BodyFailure::default();
+                    tokio::spawn(pump_body(Some(frame), streaming, send_stream, Arc::clone(&body_failure)));
+                    return Ok((response, Some(body_failure)));
                 }
                 None => {
-                    tokio::spawn(pump_body(None, streaming, send_stream));
+                    let body_failure = BodyFailure::default();
+                    tokio::spawn(pump_body(None, streaming, send_stream, Arc::clone(&body_failure)));
+                    return Ok((response, Some(body_failure)));
                 }
-            }
+            };
+            sent.map_err(ProxyError::Call)?;
         }
     }
-    Ok(response)
+    Ok((response, None))
 }
 
 fn send_whole_body(
@@ -345,8 +378,9 @@ fn send_whole_body(
 /// gateway buffer without bound. Resets the stream if the caller's body breaks.
 async fn pump_body(
     first_frame: Option<Frame<Bytes>>,
-    mut body: RequestBody<Incoming>,
+    mut body: RequestBody<CallerBody>,
     mut send_stream: SendStream<Bytes>,
+    body_failure: BodyFailure,
 ) {
     let mut pending = first_frame;
     loop {
@@ -355,7 +389,9 @@ async fn pump_body(
             None => match body.frame().await {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
-                    debug!(%error, "caller's request body broke");
+                    debug!(%error, "caller's request body failed");
+                    // Recorded before the reset, so the response that the reset fails finds it.
+                    *body_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                     send_stream.send_reset(h2::Reason::CANCEL);
                     return;
                 }

@@ -1,6 +1,6 @@
-//! Rate limits per caller: each token holder has its own GCRA bucket
-//! (governor), and callers without a token share a limit counted per peer IP
-//! address. A call over the limit is refused `RESOURCE_EXHAUSTED` with
+//! Rate limits per caller: each token holder, and each caller named by its
+//! client certificate, has its own GCRA bucket (governor), and anonymous
+//! callers share a limit counted per peer IP address. A call over the limit is refused `RESOURCE_EXHAUSTED` with
 //! `google.rpc.RetryInfo` saying when the next one would pass.
 
 use std::collections::HashMap;
@@ -73,6 +73,13 @@ impl RateLimitSettings {
                 .tokens
                 .iter()
                 .map(|token| (token.name.clone(), token.rate_limit_per_second, token.rate_limit_burst))
+                // Callers named by their client certificate have their own bucket, like token holders.
+                .chain(
+                    config
+                        .client_certificates
+                        .iter()
+                        .map(|entry| (entry.name.clone(), entry.rate_limit_per_second, entry.rate_limit_burst)),
+                )
                 .collect(),
             anonymous: (config.anonymous_rate_limit_per_second, config.anonymous_rate_limit_burst),
         }

@@ -21,6 +21,7 @@ use crate::authn::AuthError;
 use crate::balance::Unavailable;
 use crate::deadline::DeadlineExceeded;
 use crate::load_shed::Shed;
+use crate::message_limit::MessageTooLarge;
 use crate::metrics::GatewayMetrics;
 use crate::rate_limit::RateLimited;
 use crate::retry::RequestBodyBroken;
@@ -51,6 +52,15 @@ pub(crate) fn rescue(error: BoxError) -> (Status, &'static str) {
     fn known<E: RpcError>(error: &E) -> (Status, &'static str) {
         (mesh_kit::to_status(error), error.reason())
     }
+    // An oversized message is the caller's or the upstream's doing, whatever it broke on its way (the upstream
+    // call, the read of a body kept for replay), so it is looked for through the whole chain first.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(current) = cause {
+        if let Some(error) = current.downcast_ref::<MessageTooLarge>() {
+            return known(error);
+        }
+        cause = current.source();
+    }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(current) = cause {
         if let Some(error) = current.downcast_ref::<AuthError>() {
@@ -78,6 +88,16 @@ pub(crate) fn rescue(error: BoxError) -> (Status, &'static str) {
         cause = current.source();
     }
     known(&Unexpected(error))
+}
+
+/// The trailers that end a response already under way with `error`'s
+/// status, for a refusal that comes after the headers have gone out.
+pub(crate) fn refusal_trailers<E: RpcError>(error: &E) -> http::HeaderMap {
+    let (parts, ()) = mesh_kit::to_status(error).into_http::<()>().into_parts();
+    let mut trailers = parts.headers;
+    // The status's own headers, as a trailers-only response would send them; the content type went out already.
+    trailers.remove(http::header::CONTENT_TYPE);
+    trailers
 }
 
 /// Turns the errors of the layers below into responses, counting each by

@@ -17,12 +17,13 @@ use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::message_limit::LimitedResponseBody;
 use crate::proxy::UpstreamBody;
 use crate::stack::UpstreamService;
 
 /// The body of every response: an upstream's body passed through untouched,
 /// or the body of a local service.
-pub(crate) type ResponseBody = Either<UpstreamBody, tonic::body::Body>;
+pub(crate) type ResponseBody = Either<LimitedResponseBody<UpstreamBody>, tonic::body::Body>;
 
 /// A service answered by the gateway itself (health, reflection). Boxed
 /// because reflection's type cannot be named; these calls are rare.
@@ -64,20 +65,26 @@ impl std::fmt::Debug for Routes {
     }
 }
 
-/// Where a call goes.
+/// Where a call goes; `U` is the upstream route, a bare name under fuzzing.
 #[derive(Debug)]
-enum Destination<'a> {
+pub(crate) enum Destination<'a, U> {
     Health,
     ReflectionV1,
     ReflectionV1Alpha,
-    Upstream(&'a UpstreamRoute),
+    Upstream(&'a U),
     UnknownService { service: &'a str },
     MalformedPath,
 }
 
 /// Picks the destination of the call to `path`. The gateway's own services
 /// come first, so an upstream can never shadow health or reflection.
-fn select_destination<'a>(path: &'a str, upstreams: &'a [UpstreamRoute]) -> Destination<'a> {
+/// Generic over the route so the fuzz target (`crate::fuzzing`) can route
+/// over bare service names without building upstream stacks.
+pub(crate) fn select_destination<'a, U>(
+    path: &'a str,
+    upstreams: &'a [U],
+    service_name_of: impl Fn(&U) -> &str,
+) -> Destination<'a, U> {
     let Some((service, _method)) = split_grpc_path(path) else {
         return Destination::MalformedPath;
     };
@@ -85,10 +92,18 @@ fn select_destination<'a>(path: &'a str, upstreams: &'a [UpstreamRoute]) -> Dest
         tonic_health::pb::health_server::SERVICE_NAME => Destination::Health,
         tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME => Destination::ReflectionV1,
         tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME => Destination::ReflectionV1Alpha,
-        _ => match upstreams.iter().find(|upstream| upstream.service_name == service) {
+        _ => match upstreams.iter().find(|upstream| service_name_of(upstream) == service) {
             Some(upstream) => Destination::Upstream(upstream),
             None => Destination::UnknownService { service },
         },
+    }
+}
+
+// === impl UpstreamRoute ===
+
+impl UpstreamRoute {
+    fn name(&self) -> &str {
+        self.service_name
     }
 }
 
@@ -145,8 +160,8 @@ impl Service<Request<Incoming>> for Router {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let local = &self.routes.local;
-        let local_service = match select_destination(request.uri().path(), &self.routes.upstreams) {
+        let (local, upstreams) = (&self.routes.local, &self.routes.upstreams);
+        let local_service = match select_destination(request.uri().path(), upstreams, UpstreamRoute::name) {
             Destination::Upstream(upstream) => {
                 return RouteFuture::Upstream { inner: upstream.service.clone().call(request) };
             }
@@ -186,7 +201,7 @@ mod tests {
     /// The destination, as text: the variant and the service it names.
     fn check(path: &str, expected: &str) {
         let upstreams = [cache_route()];
-        let destination = match select_destination(path, &upstreams) {
+        let destination = match select_destination(path, &upstreams, UpstreamRoute::name) {
             Destination::Health => "health".to_owned(),
             Destination::ReflectionV1 => "reflection v1".to_owned(),
             Destination::ReflectionV1Alpha => "reflection v1alpha".to_owned(),

@@ -17,6 +17,7 @@ use crate::balance::Balance;
 use crate::config::GatewayConfig;
 use crate::deadline::{Deadline, DeadlineLayer};
 use crate::load_shed::{LoadShed, LoadShedLayer};
+use crate::message_limit::{MessageLimit, MessageLimitLayer};
 use crate::metrics::{GatewayMetrics, Metrics, MetricsLayer};
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::reload::{LiveSettings, LiveUpstream};
@@ -30,7 +31,7 @@ pub(crate) type CallerStack =
     Correlation<RpcSpan<AccessLog<Metrics<Rescue<Authn<RateLimit<LoadShed<Deadline<Router>>>>>>>>>;
 
 /// How a routed call reaches a service's endpoints.
-pub(crate) type UpstreamService = Retry<Balance>;
+pub(crate) type UpstreamService = MessageLimit<Retry<Balance>>;
 
 /// Builds the caller-facing stack around `router`.
 pub(crate) fn caller_stack(router: Router, settings: &LiveSettings, metrics: &Arc<GatewayMetrics>) -> CallerStack {
@@ -66,6 +67,9 @@ pub(crate) fn caller_stack(router: Router, settings: &LiveSettings, metrics: &Ar
 /// Builds the stack that reaches the endpoints of one service.
 pub(crate) fn upstream_service(upstream: &LiveUpstream, metrics: &GatewayMetrics) -> UpstreamService {
     ServiceBuilder::new()
+        // Checks every message's length prefix in both directions as the bodies stream past; above retry, so a
+        // body kept for replay is checked once, as it is read.
+        .layer(MessageLimitLayer::new(Arc::clone(&upstream.message_limits)))
         // Replays idempotent calls that failed UNAVAILABLE, within the retry budget; above balancing so each
         // attempt picks its endpoint afresh, and the failed one has just counted against itself.
         .layer(RetryLayer::new(Arc::clone(&upstream.retry), metrics.retries_of(upstream.service_name)))
