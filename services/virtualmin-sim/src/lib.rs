@@ -4,7 +4,9 @@
 //! and lockout, remote.cgi's program check and argv conversion (LF in a value
 //! becomes extra arguments), the programs themselves over a seeded data set
 //! that changes as they run, json-lib.pl's converter and `JSON::PP`'s random key
-//! order. Fault injection and a call log make it a test double.
+//! order. Fault injection and a call log make it a test double. It serves
+//! plain HTTP ([`Simulator::serve`]) or HTTPS with the caller's certificate
+//! ([`Simulator::serve_tls`]), as miniserv does with `ssl=1`.
 //!
 //! # Layout
 //! - [`Simulator`]: the state, the call log, fault rules, and `serve`.
@@ -25,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mesh_kit::CancellationToken;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 /// Longest request line and headers miniserv reads.
@@ -91,6 +94,10 @@ pub enum Fault {
     ConnectionReset,
     /// Make the program fail (exit 1) when its argv names one of these domains.
     FailForDomains(Vec<String>),
+    /// Stop reading the request after its head for this long, so the client's
+    /// body backs up. Applies only to rules for every program: the program
+    /// name is in the body, not yet read.
+    StallRequestBody(Duration),
 }
 
 /// When a fault applies.
@@ -233,24 +240,71 @@ impl Simulator {
 
     /// Serves HTTP on `listener` until `shutdown` is cancelled.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-        info!(address = %listener.local_addr()?, domains = self.domain_names().len(), "virtualmin simulator listening");
+        self.accept(listener, None, shutdown).await
+    }
+
+    /// Serves HTTPS on `listener` with `tls` (its certificate and key) until `shutdown` is cancelled.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.accept(listener, Some(TlsAcceptor::from(tls)), shutdown).await
+    }
+
+    async fn accept(
+        self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(address = %listener.local_addr()?, scheme, domains = self.domain_names().len(), "virtualmin simulator listening");
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 accepted = listener.accept() => accepted?,
             };
             let simulator = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(error) = simulator.handle(stream, peer).await {
+                let served = match tls {
+                    None => simulator.handle(stream, peer).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => simulator.handle(stream, peer).await,
+                        Err(error) => Err(error),
+                    },
+                };
+                if let Err(error) = served {
                     debug!(%error, %peer, "simulator connection ended");
                 }
             });
         }
     }
 
+    /// Takes the `StallRequestBody` faults due now; they match before the program is known.
+    fn take_request_stall(&self) -> Option<Duration> {
+        let mut state = self.state();
+        let mut stall = None;
+        for rule in &mut state.faults {
+            if let (Fault::StallRequestBody(delay), None) = (&rule.fault, &rule.program)
+                && rule.remaining != Some(0)
+            {
+                stall = Some(stall.unwrap_or_default() + *delay);
+                if let Some(remaining) = rule.remaining.as_mut() {
+                    *remaining -= 1;
+                }
+            }
+        }
+        state.faults.retain(|rule| rule.remaining != Some(0));
+        stall
+    }
+
     #[allow(clippy::too_many_lines)] // miniserv, then remote.cgi, then the fault that replaces the reply: one readable sequence
-    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
-        let Some(request) = read_request(&mut stream).await? else {
+    async fn handle<S: Connection>(&self, mut stream: S, peer: SocketAddr) -> std::io::Result<()> {
+        let stall = self.take_request_stall();
+        let Some(request) = read_request(&mut stream, stall).await? else {
             return write_status(
                 &mut stream,
                 "414 Request-URI Too Long",
@@ -324,7 +378,9 @@ impl Simulator {
                 tokio::time::sleep(*delay).await;
             }
         }
-        let replacing = faults.iter().find(|fault| !matches!(fault, Fault::Latency(_) | Fault::FailForDomains(_)));
+        let replacing = faults
+            .iter()
+            .find(|fault| !matches!(fault, Fault::Latency(_) | Fault::FailForDomains(_) | Fault::StallRequestBody(_)));
         match replacing {
             None => write_reply(&mut stream, reply.content_type, reply.body.as_bytes()).await,
             Some(Fault::Http500) => {
@@ -364,11 +420,11 @@ impl Simulator {
             Some(Fault::HugeBody(bytes)) => write_huge(&mut stream, *bytes).await,
             Some(Fault::ConnectionReset) => {
                 // A zero linger turns the close into a TCP reset.
-                stream.set_zero_linger()?;
+                stream.tcp().set_zero_linger()?;
                 drop(stream);
                 Ok(())
             }
-            Some(Fault::Latency(_) | Fault::FailForDomains(_)) => Ok(()),
+            Some(Fault::Latency(_) | Fault::FailForDomains(_) | Fault::StallRequestBody(_)) => Ok(()),
         }
     }
 
@@ -481,7 +537,9 @@ struct Reply {
 fn take_faults(rules: &mut Vec<FaultRule>, program: &str) -> Vec<Fault> {
     let mut faults = Vec::new();
     for rule in rules.iter_mut() {
-        let matches = rule.program.as_deref().is_none_or(|p| p == program) && rule.remaining != Some(0);
+        let matches = rule.program.as_deref().is_none_or(|p| p == program)
+            && rule.remaining != Some(0)
+            && !matches!(rule.fault, Fault::StallRequestBody(_));
         if matches {
             faults.push(rule.fault.clone());
             if let Some(remaining) = rule.remaining.as_mut() {
@@ -500,8 +558,30 @@ struct HttpRequest {
     body: Vec<u8>,
 }
 
-/// Reads one request; `None` when the head is longer than miniserv accepts.
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<HttpRequest>> {
+/// A connection the simulator serves: plain TCP, or TLS over TCP.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath, to reset it.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Connection for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Reads one request, pausing for `stall` between its head and its body;
+/// `None` when the head is longer than miniserv accepts.
+async fn read_request(
+    stream: &mut (impl AsyncRead + Unpin),
+    stall: Option<Duration>,
+) -> std::io::Result<Option<HttpRequest>> {
     let mut buffer = Vec::with_capacity(4096);
     let head_end = loop {
         if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
@@ -531,6 +611,9 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<HttpRequ
             "authorization" => authorization = Some(value.trim().to_owned()),
             _ => {}
         }
+    }
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
     }
     let mut body = buffer[head_end + 4..].to_vec();
     while body.len() < content_length {
@@ -562,7 +645,12 @@ fn http_date() -> String {
     )
 }
 
-async fn write_head(stream: &mut TcpStream, status: &str, content_type: &str, extra: &str) -> std::io::Result<()> {
+async fn write_head(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: &str,
+    content_type: &str,
+    extra: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.0 {status}\r\nDate: {}\r\nServer: MiniServ\r\n{extra}Connection: close\r\nContent-type: {content_type}\r\n\r\n",
         http_date()
@@ -571,19 +659,24 @@ async fn write_head(stream: &mut TcpStream, status: &str, content_type: &str, ex
 }
 
 /// A remote.cgi reply: no `Content-Length`; closing the connection ends the body.
-async fn write_reply(stream: &mut TcpStream, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+async fn write_reply(stream: &mut (impl AsyncWrite + Unpin), content_type: &str, body: &[u8]) -> std::io::Result<()> {
     write_head(stream, "200 Document follows", content_type, "").await?;
     stream.write_all(body).await?;
     stream.shutdown().await
 }
 
-async fn write_status(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+async fn write_status(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     write_head(stream, status, content_type, "").await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
 
-async fn write_unauthorized(stream: &mut TcpStream) -> std::io::Result<()> {
+async fn write_unauthorized(stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
     write_head(
         stream,
         "401 Unauthorized",
@@ -597,7 +690,7 @@ async fn write_unauthorized(stream: &mut TcpStream) -> std::io::Result<()> {
 
 /// Streams a valid JSON listing of about `bytes` bytes in 64 KiB pieces,
 /// never holding it whole; stops when the client hangs up.
-async fn write_huge(stream: &mut TcpStream, bytes: usize) -> std::io::Result<()> {
+async fn write_huge(stream: &mut (impl AsyncWrite + Unpin), bytes: usize) -> std::io::Result<()> {
     write_head(stream, "200 Document follows", "application/json", "").await?;
     stream.write_all(b"{\"command\":\"list-domains\",\"status\":\"success\",\"data\":[").await?;
     let record = b"{\"name\":\"filler.example\",\"values\":{\"id\":[\"1\"]}},";

@@ -3,7 +3,10 @@
 //! (only configured hosts are contacted), takes a slot of the server's rate
 //! limit and a concurrency permit, posts the form body with Basic auth over
 //! verified TLS, reads at most `max_response_bytes`, checks miniserv's framing,
-//! and retries only what is safe to send again:
+//! and retries only what is safe to send again. Three clocks run: the
+//! operation's timeout over everything, `write_timeout` until the request
+//! body has been taken for sending, `read_timeout` between reply chunks.
+//! Retried:
 //! - a connection that never opened (nothing was sent): any program;
 //! - timeouts, 429/502/503/504, a connection dropped mid-reply: read-only programs only.
 //!
@@ -24,6 +27,7 @@ use crate::config::{Scheme, ServerEntry, TimeoutClass, VirtualminConfig};
 use crate::error::{CallError, ErrorContext, VirtualminError};
 use crate::metrics::Metrics;
 use crate::params::{Program, RemoteParams};
+use crate::request_body::ProgressBody;
 use crate::wire;
 
 /// Virtualmin's remote API path on miniserv.
@@ -175,7 +179,7 @@ impl VirtualminClient {
         class: TimeoutClass,
     ) -> Result<Bytes, VirtualminError> {
         let transport = self.transport(settings, server_id)?;
-        let body = params.form_body(program);
+        let body = Bytes::from(params.form_body(program));
         let secrets: Vec<&str> = params.secret_values().collect();
         // The caller's deadline bounds every attempt and every backoff too.
         let caller_deadline = mesh_kit::correlation::current().and_then(|context| context.deadline);
@@ -233,7 +237,7 @@ impl VirtualminClient {
         settings: &VirtualminConfig,
         transport: &ServerTransport,
         program: Program,
-        body: String,
+        body: Bytes,
     ) -> Result<(u16, String, Bytes), AttemptError> {
         let server_id = &transport.entry.id;
         let _permit = transport
@@ -241,13 +245,35 @@ impl VirtualminClient {
             .acquire()
             .await
             .map_err(|_| AttemptError::Final(VirtualminError::Internal { reason: "permits closed".to_owned() }))?;
+        let (body, mut taken) = ProgressBody::new(body);
         let request = transport
             .http
             .post(&transport.url)
             .basic_auth(&transport.entry.username, Some(transport.password.expose_secret()))
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body);
-        let mut response = request.send().await.map_err(|error| classify_send_error(server_id, &error))?;
+            .body(reqwest::Body::wrap(body));
+        let response_headers = request.send();
+        // The write clock runs from the start (connect included) until the body is taken; then
+        // only the operation's timeout bounds the wait for the reply, which miniserv sends after
+        // the program has run.
+        let write_phase = async {
+            let all_taken = taken.wait_for(|taken| *taken);
+            if tokio::time::timeout(settings.write_timeout, all_taken).await.is_ok() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let answered = tokio::select! {
+            answered = response_headers => answered,
+            () = write_phase => {
+                // The server may have read part of the form: treated like a timeout of the whole call.
+                return Err(AttemptError::Ambiguous(VirtualminError::WriteTimeout {
+                    server_id: server_id.clone(),
+                    program: program.name(),
+                    timeout: settings.write_timeout,
+                }));
+            }
+        };
+        let mut response = answered.map_err(|error| classify_send_error(server_id, &error))?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -369,7 +395,12 @@ fn is_tls_error(error: &reqwest::Error) -> bool {
         if current.is::<rustls::Error>() {
             return true;
         }
-        source = current.source();
+        // `io::Error::source` skips the error it wraps, and the connectors wrap rustls's error in
+        // an io::Error, itself wrapped in another: step into the wrapped error instead.
+        source = match current.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
     }
     false
 }

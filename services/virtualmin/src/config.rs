@@ -42,9 +42,8 @@ pub struct VirtualminConfig {
     /// Longest silence while a response body streams, in seconds.
     #[serde(with = "duration_secs")]
     pub read_timeout: Duration,
-    /// Sending the request, in seconds. Requests are small form bodies that
-    /// fit a socket buffer; the HTTP client has no separate write phase, so
-    /// the operation timeout is what bounds a stalled write.
+    /// Sending the request (connect included) until its body has been taken
+    /// for the socket, in seconds; waiting for the reply is not counted.
     #[serde(with = "duration_secs")]
     pub write_timeout: Duration,
     /// create, delete, suspend, unsuspend and modify, in seconds.
@@ -77,6 +76,11 @@ pub struct VirtualminConfig {
     pub default_page_size: u32,
     /// Largest page size `ListDomains` accepts.
     pub max_page_size: u32,
+    /// How long an idempotency key answers repeats of its call, in seconds.
+    #[serde(with = "duration_secs")]
+    pub idempotency_ttl: Duration,
+    /// Most idempotency keys kept per kind of call; a new key beyond it is refused.
+    pub idempotency_max_keys: u32,
     /// The Virtualmin servers this gateway may contact; no other host is ever contacted.
     pub servers: Vec<ServerEntry>,
 }
@@ -103,6 +107,8 @@ impl Default for VirtualminConfig {
             slow_operation_threshold: Duration::from_millis(100),
             default_page_size: 100,
             max_page_size: 1000,
+            idempotency_ttl: Duration::from_secs(3600),
+            idempotency_max_keys: 100_000,
             servers: Vec::new(),
         }
     }
@@ -336,6 +342,7 @@ impl ServiceConfig for VirtualminConfig {
             ("domain_sync_timeout", self.domain_sync_timeout),
             ("usage_sync_timeout", self.usage_sync_timeout),
             ("rate_limit_window", self.rate_limit_window),
+            ("idempotency_ttl", self.idempotency_ttl),
         ] {
             if value < Duration::from_millis(1) || value > MAX_TIMEOUT {
                 problems.push(ConfigProblem::new(
@@ -365,6 +372,7 @@ impl ServiceConfig for VirtualminConfig {
         );
         ConfigProblem::check_range(&mut problems, "max_response_bytes", self.max_response_bytes, 1024, 1 << 30);
         ConfigProblem::check_range(&mut problems, "max_page_size", self.max_page_size, 1, 100_000);
+        ConfigProblem::check_range(&mut problems, "idempotency_max_keys", self.idempotency_max_keys, 1, 10_000_000);
         ConfigProblem::check_range(
             &mut problems,
             "default_page_size",

@@ -44,6 +44,14 @@ pub enum VirtualminError {
     #[error("no backup operation with id `{operation_id}`")]
     OperationNotFound { operation_id: String },
 
+    /// The idempotency key was first used with a different request.
+    #[error("idempotency_key was already used for a different request")]
+    IdempotencyKeyReused,
+
+    /// This replica keeps as many idempotency keys as it may; older ones expire first.
+    #[error("too many idempotency keys in use (at most {max_keys}); retry later")]
+    TooManyIdempotencyKeys { max_keys: usize, retry_after: Duration },
+
     /// The per-server rate limit is spent for this window.
     #[error("rate limit of {max_calls} calls per {window_secs}s to server `{server_id}` reached")]
     RateLimited { server_id: String, max_calls: u32, window_secs: u64, retry_after: Duration },
@@ -75,6 +83,10 @@ pub enum VirtualminError {
     /// The operation did not finish within its configured timeout.
     #[error("{program} on server `{server_id}` timed out after {}s", timeout.as_secs_f64())]
     Timeout { server_id: String, program: &'static str, timeout: Duration },
+
+    /// The request could not be sent within `VIRTUALMIN_WRITE_TIMEOUT`: the server stopped reading it.
+    #[error("sending {program} to server `{server_id}` stalled beyond the {}s write timeout", timeout.as_secs_f64())]
+    WriteTimeout { server_id: String, program: &'static str, timeout: Duration },
 
     /// The server could not be reached (connection refused, reset, DNS, TLS).
     #[error("virtualmin server `{server_id}` is unreachable: {detail}")]
@@ -125,6 +137,8 @@ impl VirtualminError {
             Self::DomainNotFound { .. } => "DOMAIN_NOT_FOUND",
             Self::DomainAlreadyExists { .. } => "DOMAIN_ALREADY_EXISTS",
             Self::OperationNotFound { .. } => "OPERATION_NOT_FOUND",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::TooManyIdempotencyKeys { .. } => "TOO_MANY_IDEMPOTENCY_KEYS",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::AuthenticationFailed { .. } => "VIRTUALMIN_AUTH_FAILED",
             Self::AccessDenied { .. } => "VIRTUALMIN_ACCESS_DENIED",
@@ -133,6 +147,7 @@ impl VirtualminError {
             Self::ProgramFailed { .. } => "PROGRAM_FAILED",
             Self::Rejected { .. } => "REJECTED_BY_VIRTUALMIN",
             Self::Timeout { .. } => "VIRTUALMIN_TIMEOUT",
+            Self::WriteTimeout { .. } => "VIRTUALMIN_WRITE_TIMEOUT",
             Self::Unreachable { .. } => "VIRTUALMIN_UNREACHABLE",
             Self::TlsFailed { .. } => "VIRTUALMIN_TLS_FAILED",
             Self::HttpStatus { .. } => "VIRTUALMIN_HTTP_ERROR",
@@ -151,6 +166,7 @@ impl VirtualminError {
         match self {
             Self::InvalidArgument { field, .. } | Self::UnsafeValue { field } => Some(field),
             Self::InvalidPageToken => Some("page_token"),
+            Self::IdempotencyKeyReused => Some("idempotency_key"),
             Self::UnknownServer { .. } => Some("server_id"),
             _ => None,
         }
@@ -161,7 +177,10 @@ impl VirtualminError {
     #[must_use]
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::Unreachable { .. } | Self::TruncatedResponse { .. } => true,
+            Self::Timeout { .. }
+            | Self::WriteTimeout { .. }
+            | Self::Unreachable { .. }
+            | Self::TruncatedResponse { .. } => true,
             Self::HttpStatus { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             _ => false,
         }

@@ -2,7 +2,8 @@
 //! request, builds the remote program's parameters, calls the client, parses
 //! the reply, and turns Virtualmin's retry answers ("already disabled", "not
 //! disabled") into outcomes. It also owns what Virtualmin lacks: paging over a
-//! listing snapshot, backups as pollable operations, and last-known health.
+//! listing snapshot, backups as pollable operations, idempotency keys for
+//! create and backup, and last-known health.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,13 +13,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::join_all;
 use mesh_kit::ConfigWatch;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 
 use crate::client::VirtualminClient;
 use crate::config::{ServerEntry, TimeoutClass, VirtualminConfig};
 use crate::domain::{ByteAmount, CalendarDate, Domain, DomainBandwidth, DomainType, Plan, ServerInfo};
 use crate::error::{CallError, VirtualminError};
+use crate::idempotency::{IdempotencyKeys, KeyLimits, RequestFingerprint, check_key, fingerprint};
 use crate::params::{Program, RemoteParams, check_domain_name, check_username, check_value};
 use crate::wire;
 
@@ -168,6 +170,10 @@ struct GatewayState {
     backups: Mutex<HashMap<String, BackupOperation>>,
     health: Mutex<HashMap<String, HealthRecord>>,
     loaded_at: Mutex<Option<SystemTime>>,
+    /// Outcomes of keyed `CreateDomain` calls.
+    created_by_key: IdempotencyKeys<Domain>,
+    /// Operation ids of keyed `BackupDomain` calls.
+    backups_by_key: IdempotencyKeys<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -381,6 +387,79 @@ impl Gateway {
         self.get_domain(server_id, &domain_name).await
     }
 
+    /// Creates a domain once per `idempotency_key` (see [`crate::idempotency`]):
+    /// a repeat with the same key and spec answers the first call's outcome.
+    /// An empty key creates without that protection.
+    pub async fn create_domain_once(
+        &self,
+        server_id: &str,
+        spec: CreateDomainSpec,
+        idempotency_key: &str,
+    ) -> Result<Domain, CallError> {
+        if idempotency_key.is_empty() {
+            return self.create_domain(server_id, spec).await;
+        }
+        check_key(idempotency_key).map_err(|e| self.invalid(server_id, "create-domain", e))?;
+        let request = create_fingerprint(server_id, &spec);
+        let gateway = self.clone();
+        let server = server_id.to_owned();
+        let refuse = |error| self.invalid(server_id, "create-domain", error);
+        let created = self.state.created_by_key.run(idempotency_key, request, self.key_limits(), refuse, {
+            move |after_unknown_outcome| async move {
+                let domain_name = spec.domain_name.clone();
+                let owner = spec.owner_username.clone();
+                match gateway.create_domain(&server, spec).await {
+                    // The earlier run with this key may have created it before its outcome was lost:
+                    // Virtualmin's "already hosting" is then this call's success (reference §5).
+                    Err(error)
+                        if after_unknown_outcome
+                            && matches!(error.error, VirtualminError::DomainAlreadyExists { .. }) =>
+                    {
+                        let domain = gateway.get_domain(&server, &domain_name).await?;
+                        if owner.as_ref().is_some_and(|owner| *owner != domain.owner_username) {
+                            return Err(error);
+                        }
+                        info!(server_id = server, domain = domain_name, "keyed create found the domain it created");
+                        Ok(domain)
+                    }
+                    other => other,
+                }
+            }
+        });
+        created.await
+    }
+
+    /// Starts a backup once per `idempotency_key`: a repeat with the same key
+    /// and request returns the first operation id. An empty key always starts one.
+    pub async fn backup_domain_once(
+        &self,
+        server_id: &str,
+        domain_name: &str,
+        destination_path: &str,
+        compression: Option<&'static str>,
+        idempotency_key: &str,
+    ) -> Result<String, CallError> {
+        if idempotency_key.is_empty() {
+            return self.backup_domain(server_id, domain_name, destination_path, compression);
+        }
+        check_key(idempotency_key).map_err(|e| self.invalid(server_id, "backup-domain", e))?;
+        let request = fingerprint(&[server_id, domain_name, destination_path, compression.unwrap_or_default()]);
+        let refuse = |error| self.invalid(server_id, "backup-domain", error);
+        let started = self.state.backups_by_key.run(idempotency_key, request, self.key_limits(), refuse, |_| {
+            let started = self.backup_domain(server_id, domain_name, destination_path, compression);
+            async move { started }
+        });
+        started.await
+    }
+
+    fn key_limits(&self) -> KeyLimits {
+        let settings = self.config.borrow();
+        KeyLimits {
+            ttl: settings.idempotency_ttl,
+            max_keys: usize::try_from(settings.idempotency_max_keys).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Deletes a domain.
     pub async fn delete_domain(&self, server_id: &str, domain_name: &str) -> Result<(), CallError> {
         let params = self.domain_params(server_id, Program::DeleteDomain, domain_name)?;
@@ -582,6 +661,24 @@ impl Gateway {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Every field of a create request, the password included: a key names one request exactly.
+fn create_fingerprint(server_id: &str, spec: &CreateDomainSpec) -> RequestFingerprint {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+    fingerprint(&[
+        server_id,
+        &spec.domain_name,
+        spec.password.as_ref().map(ExposeSecret::expose_secret).unwrap_or_default(),
+        &optional(&spec.owner_username),
+        &optional(&spec.description),
+        &optional(&spec.contact_email),
+        &optional(&spec.plan),
+        &optional(&spec.parent_domain),
+        &optional(&spec.alias_target),
+        &format!("{:?}", spec.disk_quota),
+        &format!("{:?}", spec.bandwidth_limit),
+    ])
 }
 
 fn create_domain_params(spec: CreateDomainSpec) -> Result<RemoteParams, VirtualminError> {

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use mesh_kit::error::{RpcError, to_status, to_status_proto};
 use mesh_proto::virtualmin::v1 as pb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_server::VirtualminGateway;
-use prost::Message as _;
 use secrecy::SecretString;
 use tonic::{Code, Request, Response, Status};
 use tracing::{instrument, warn};
@@ -18,14 +17,21 @@ use crate::error::{CallError, VirtualminError};
 use crate::gateway::{
     BackupOperation, BackupState, CreateDomainSpec, DomainFilter, Gateway, HealthRecord, LimitSpec, ModifyDomainSpec,
 };
+use crate::metrics::ProgramStats;
+use crate::params::Program;
 
 impl RpcError for VirtualminError {
     fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } | Self::UnsafeValue { .. } | Self::InvalidPageToken => Code::InvalidArgument,
+            Self::InvalidArgument { .. }
+            | Self::UnsafeValue { .. }
+            | Self::InvalidPageToken
+            | Self::IdempotencyKeyReused => Code::InvalidArgument,
             Self::UnknownServer { .. } | Self::DomainNotFound { .. } | Self::OperationNotFound { .. } => Code::NotFound,
             Self::DomainAlreadyExists { .. } => Code::AlreadyExists,
-            Self::RateLimited { .. } | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::ResponseTooLarge { .. } | Self::TooManyIdempotencyKeys { .. } => {
+                Code::ResourceExhausted
+            }
             // The mesh's own credentials or rights on the Virtualmin server are wrong, not the caller's:
             // an operator must fix the server entry, so the caller is told the precondition failed.
             Self::AuthenticationFailed { .. }
@@ -34,7 +40,7 @@ impl RpcError for VirtualminError {
             | Self::ProgramFailed { .. }
             | Self::Rejected { .. } => Code::FailedPrecondition,
             Self::ProgramUnavailable { .. } => Code::Unimplemented,
-            Self::Timeout { .. } => Code::DeadlineExceeded,
+            Self::Timeout { .. } | Self::WriteTimeout { .. } => Code::DeadlineExceeded,
             Self::Unreachable { .. }
             | Self::HttpStatus { .. }
             | Self::TruncatedResponse { .. }
@@ -60,17 +66,45 @@ impl RpcError for VirtualminError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::RateLimited { retry_after, .. } | Self::TooManyIdempotencyKeys { retry_after, .. } => {
+                Some(*retry_after)
+            }
             transient if transient.is_transient() => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
 }
 
-/// The status of a failed call: `kit::to_status` builds it, then the call's
-/// context is added to `ErrorInfo.metadata`. `mesh-kit`'s `RpcError` has no
-/// hook for extra metadata yet, so the details are re-encoded here.
-fn call_status(call_error: &CallError) -> Status {
+/// A failed call carries its context (seed section 3) into `ErrorInfo.metadata`
+/// through the kit's `metadata` hook; the rest is the error's own.
+impl RpcError for CallError {
+    fn code(&self) -> Code {
+        self.error.code()
+    }
+
+    fn reason(&self) -> &'static str {
+        self.error.reason()
+    }
+
+    fn domain(&self) -> &'static str {
+        RpcError::domain(&self.error)
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        self.error.field()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.error.retry_after()
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        self.context.metadata()
+    }
+}
+
+/// Logs a failed call with its context, then builds its status in `kit::error`.
+fn status(call_error: &CallError) -> Status {
     let error = &call_error.error;
     warn!(
         operation = call_error.context.operation,
@@ -82,31 +116,7 @@ fn call_status(call_error: &CallError) -> Status {
         error = %error,
         "virtualmin call failed"
     );
-    let status = to_status(error);
-    let Ok(mut details) = tonic_types::pb::Status::decode(status.details()) else { return status };
-    for detail in &mut details.details {
-        if detail.type_url != "type.googleapis.com/google.rpc.ErrorInfo" {
-            continue;
-        }
-        if let Ok(mut info) = tonic_types::pb::ErrorInfo::decode(detail.value.as_slice()) {
-            for (key, value) in call_error.context.metadata() {
-                if !value.is_empty() {
-                    info.metadata.insert(key.to_owned(), value);
-                }
-            }
-            detail.value = info.encode_to_vec();
-        }
-    }
-    Status::with_details_and_metadata(
-        status.code(),
-        status.message().to_owned(),
-        details.encode_to_vec().into(),
-        status.metadata().clone(),
-    )
-}
-
-fn status(error: &CallError) -> Status {
-    call_status(error)
+    to_status(call_error)
 }
 
 /// The gRPC face of the gateway.
@@ -263,7 +273,7 @@ fn backup_to_wire(operation: BackupOperation) -> pb::BackupOperation {
     let (state, final_size, error) = match operation.state {
         BackupState::Running => (pb::BackupState::Running, None, None),
         BackupState::Succeeded { final_size } => (pb::BackupState::Succeeded, final_size.map(byte_amount), None),
-        BackupState::Failed { error } => (pb::BackupState::Failed, None, Some(to_status_proto(&error.error))),
+        BackupState::Failed { error } => (pb::BackupState::Failed, None, Some(to_status_proto(&*error))),
     };
     pb::BackupOperation {
         operation_id: operation.operation_id,
@@ -313,6 +323,30 @@ fn config_to_wire(settings: &VirtualminConfig, loaded_at: SystemTime) -> pb::Get
             })
             .collect(),
         load_time: Some(timestamp(loaded_at)),
+        idempotency_ttl: Some(duration(settings.idempotency_ttl)),
+        idempotency_max_keys: settings.idempotency_max_keys,
+    }
+}
+
+fn program_metrics_to_wire(stats: ProgramStats) -> pb::ProgramMetrics {
+    pb::ProgramMetrics {
+        program: stats.program.to_owned(),
+        calls: stats.calls,
+        errors: stats.errors,
+        total_latency: Some(duration(stats.total_latency)),
+        latency_buckets: stats
+            .cumulative_buckets
+            .into_iter()
+            .map(|(bound_ms, cumulative_count)| pb::LatencyBucket {
+                upper_bound: Some(duration(Duration::from_millis(bound_ms))),
+                cumulative_count,
+            })
+            .collect(),
+        errors_by_reason: stats
+            .errors_by_reason
+            .into_iter()
+            .map(|(reason, count)| pb::ErrorCount { reason: reason.to_owned(), count })
+            .collect(),
     }
 }
 
@@ -426,7 +460,11 @@ impl VirtualminGateway for VirtualminGrpc {
             disk_quota: limit_from_wire(request.disk_quota),
             bandwidth_limit: limit_from_wire(request.bandwidth_limit),
         };
-        let domain = self.gateway.create_domain(&request.server_id, spec).await.map_err(|e| status(&e))?;
+        let domain = self
+            .gateway
+            .create_domain_once(&request.server_id, spec, &request.idempotency_key)
+            .await
+            .map_err(|e| status(&e))?;
         Ok(Response::new(pb::CreateDomainResponse { domain: Some(domain_to_wire(domain)) }))
     }
 
@@ -497,7 +535,14 @@ impl VirtualminGateway for VirtualminGrpc {
             compression(request.compression).map_err(|e| self.invalid(&request.server_id, "backup-domain", e))?;
         let operation_id = self
             .gateway
-            .backup_domain(&request.server_id, &request.domain_name, &request.destination_path, compression)
+            .backup_domain_once(
+                &request.server_id,
+                &request.domain_name,
+                &request.destination_path,
+                compression,
+                &request.idempotency_key,
+            )
+            .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::BackupDomainResponse { operation_id }))
     }
@@ -608,5 +653,16 @@ impl VirtualminGateway for VirtualminGrpc {
     ) -> Result<Response<pb::GetConfigResponse>, Status> {
         let (settings, loaded_at) = self.gateway.settings();
         Ok(Response::new(config_to_wire(&settings, loaded_at)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_call_metrics(
+        &self,
+        _request: Request<pb::GetCallMetricsRequest>,
+    ) -> Result<Response<pb::GetCallMetricsResponse>, Status> {
+        let metrics = self.gateway.client().metrics();
+        let programs =
+            Program::ALL.into_iter().map(|program| program_metrics_to_wire(metrics.snapshot(program))).collect();
+        Ok(Response::new(pb::GetCallMetricsResponse { programs, prometheus_text: metrics.render_prometheus() }))
     }
 }

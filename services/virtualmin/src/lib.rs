@@ -10,10 +10,12 @@
 //! - [`config`]: [`VirtualminConfig`], the `VIRTUALMIN_*` settings and the server list.
 //! - [`params`]: [`Program`] and [`RemoteParams`], the injection-proof request builder.
 //! - [`client`]: [`VirtualminClient`], transport, timeouts, retries, rate limit, size cap, TLS.
+//! - `request_body`: the request body that lets the client enforce the write timeout.
 //! - [`wire`]: response framing and the JSON envelope, decoded by content type.
 //! - [`domain`]: [`Domain`], [`Plan`], bandwidth and server info, plain Rust.
 //! - [`nice_size`]: Webmin's human sizes read back into byte intervals.
 //! - [`gateway`]: [`Gateway`], the operations behind each RPC, backups as operations.
+//! - [`idempotency`]: [`idempotency::IdempotencyKeys`], keyed create and backup calls answered once.
 //! - [`metrics`]: per-program latency histograms and error counts.
 //! - [`error`]: [`VirtualminError`] and the [`ErrorContext`] every error carries.
 //! - [`grpc`]: [`VirtualminGrpc`], the `mesh.virtualmin.v1.VirtualminGateway` adapter.
@@ -26,9 +28,11 @@ pub mod domain;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod idempotency;
 pub mod metrics;
 pub mod nice_size;
 pub mod params;
+mod request_body;
 pub mod wire;
 
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! Per-program latency histograms and error counts, kept with atomics so the
-//! hot path takes no lock. [`Metrics::render_prometheus`] writes them in the
-//! Prometheus text format for whichever endpoint the binary exposes;
-//! [`Metrics::snapshot`] gives them to tests and health reports.
+//! hot path takes no lock. `GetCallMetrics` serves them: typed from
+//! [`Metrics::snapshot`], and as Prometheus text from [`Metrics::render_prometheus`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,8 +40,12 @@ pub struct ProgramStats {
     pub calls: u64,
     /// Failed calls.
     pub errors: u64,
+    /// Time spent in every call together.
+    pub total_latency: Duration,
     /// Cumulative counts per bucket bound (ms), as Prometheus expects.
     pub cumulative_buckets: Vec<(u64, u64)>,
+    /// Failed calls by `ErrorInfo` reason, by reason order.
+    pub errors_by_reason: Vec<(&'static str, u64)>,
 }
 
 fn index_of(program: Program) -> usize {
@@ -80,11 +83,21 @@ impl Metrics {
                 (*bound, cumulative)
             })
             .collect();
+        let errors_by_reason = self
+            .errors_by_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|((name, _), _)| *name == program.name())
+            .map(|((_, reason), count)| (*reason, *count))
+            .collect();
         ProgramStats {
             program: program.name(),
             calls: counters.calls.load(Ordering::Relaxed),
             errors: counters.errors.load(Ordering::Relaxed),
+            total_latency: Duration::from_micros(counters.latency_sum_micros.load(Ordering::Relaxed)),
             cumulative_buckets,
+            errors_by_reason,
         }
     }
 
@@ -107,8 +120,7 @@ impl Metrics {
                     "virtualmin_call_duration_seconds_bucket{{program=\"{name}\",le=\"{bound_secs}\"}} {count}"
                 );
             }
-            let counters = &self.programs[index_of(program)];
-            let sum_secs = Duration::from_micros(counters.latency_sum_micros.load(Ordering::Relaxed)).as_secs_f64();
+            let sum_secs = stats.total_latency.as_secs_f64();
             let _ = writeln!(
                 out,
                 "virtualmin_call_duration_seconds_bucket{{program=\"{name}\",le=\"+Inf\"}} {}",
@@ -141,6 +153,8 @@ mod tests {
         assert_eq!(stats.errors, 1);
         assert_eq!(stats.cumulative_buckets[0], (5, 1));
         assert_eq!(stats.cumulative_buckets[4], (100, 2));
+        assert_eq!(stats.total_latency, Duration::from_millis(73));
+        assert_eq!(stats.errors_by_reason, [("VIRTUALMIN_TIMEOUT", 1)]);
         let text = metrics.render_prometheus();
         assert!(
             text.contains("virtualmin_call_errors_total{program=\"info\",reason=\"VIRTUALMIN_TIMEOUT\"} 1"),

@@ -557,8 +557,9 @@ pub fn parse_server_info(output: &str) -> ServerInfo {
             "load" => info.load_averages = list.iter().filter_map(|item| item.parse().ok()).collect(),
             "mem" => {
                 let kib: Vec<u64> = list.iter().filter_map(|item| item.parse().ok()).collect();
-                info.memory_total_bytes = kib.first().copied().unwrap_or_default() * 1024;
-                info.memory_free_bytes = kib.get(1).copied().unwrap_or_default() * 1024;
+                // Saturating: the text is the server's, and a KiB count over 2^54 must not panic.
+                info.memory_total_bytes = kib.first().copied().unwrap_or_default().saturating_mul(1024);
+                info.memory_free_bytes = kib.get(1).copied().unwrap_or_default().saturating_mul(1024);
             }
             _ => {}
         }
@@ -775,5 +776,14 @@ mod tests {
             decode(Program::BackupDomain, &sample("backup-domain.success.json"), &[]).unwrap();
         let size = backup_final_size(&success.output.unwrap()).unwrap();
         assert_eq!(size, parse_nice_size("1.24 GiB").unwrap());
+    }
+
+    /// `fuzz/virtualmin_wire` found that a memory size in KiB over 2^54 overflowed
+    /// the conversion to bytes (a panic where overflow checks are on).
+    #[test]
+    fn info_with_a_huge_memory_size_saturates() {
+        let info = parse_server_info("mem: \n    * 18446744073709551615\n    * 18014398509481984\n");
+        assert_eq!(info.memory_total_bytes, u64::MAX);
+        assert_eq!(info.memory_free_bytes, u64::MAX);
     }
 }

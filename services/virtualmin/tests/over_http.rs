@@ -3,6 +3,7 @@
 //! generated client. Settings are sent through a `watch` channel, as the
 //! kit's reloader does, so a test can reload them mid-flight.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use mesh_kit::{CancellationToken, MeshServer, ServerSettings};
 use mesh_proto::virtualmin::v1 as pb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_server::VirtualminGatewayServer;
-use mesh_virtualmin::config::{ConfigSecret, Scheme, ServerEntry};
-use mesh_virtualmin::{Gateway, VirtualminClient, VirtualminConfig, VirtualminGrpc};
+use mesh_virtualmin::config::{ConfigSecret, Scheme, ServerEntry, TimeoutClass};
+use mesh_virtualmin::{Gateway, Program, RemoteParams, VirtualminClient, VirtualminConfig, VirtualminGrpc};
 use mesh_virtualmin_sim::{Fault, FaultRule, Simulator, SimulatorConfig};
 use prost::Message as _;
 use secrecy::SecretString;
@@ -38,6 +39,21 @@ impl Drop for Harness {
 
 impl Harness {
     async fn start(tweak: impl FnOnce(&mut VirtualminConfig)) -> Self {
+        Self::start_serving(None, tweak).await
+    }
+
+    /// A harness whose simulator speaks HTTPS with `tls`; the server entry
+    /// names it `localhost` over https, and `tweak` adds the trust settings.
+    async fn start_tls(tls: Arc<rustls::ServerConfig>, tweak: impl FnOnce(&mut VirtualminConfig)) -> Self {
+        Self::start_serving(Some(tls), |config| {
+            "localhost".clone_into(&mut config.servers[0].hostname);
+            config.servers[0].scheme = Scheme::Https;
+            tweak(config);
+        })
+        .await
+    }
+
+    async fn start_serving(tls: Option<Arc<rustls::ServerConfig>>, tweak: impl FnOnce(&mut VirtualminConfig)) -> Self {
         let shutdown = CancellationToken::new();
         let simulator = Simulator::new(SimulatorConfig {
             password: SIM_PASSWORD.to_owned(),
@@ -46,7 +62,10 @@ impl Harness {
         });
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_port = sim_listener.local_addr().unwrap().port();
-        tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()));
+        match tls {
+            None => drop(tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()))),
+            Some(tls) => drop(tokio::spawn(simulator.clone().serve_tls(sim_listener, tls, shutdown.clone()))),
+        }
 
         let mut config = VirtualminConfig {
             retry_delay: Duration::from_millis(5),
@@ -248,6 +267,7 @@ async fn backups_are_operations_to_poll() {
             domain_name: "example.com".into(),
             destination_path: "/backup/newsite.tar.gz".into(),
             compression: pb::BackupCompression::Zstd.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -466,4 +486,234 @@ async fn misbehaving_servers_give_precise_errors() {
     let status = get_domain(&mut harness.client, "example.com").await.unwrap_err();
     assert_eq!(reason(&status), "VIRTUALMIN_AUTH_FAILED");
     assert!(!format!("{status:?}").contains("wrong-password"));
+}
+
+// === the write timeout ===
+
+/// A form body of about `bytes`: repeated `domain=` values of 1000 characters, as
+/// a listing of many domains would send, larger than the socket buffers.
+fn oversized_params(bytes: usize) -> RemoteParams {
+    let value = "a".repeat(1000);
+    (0..bytes / 1008).fold(RemoteParams::new(), |params, _| params.value("domain", "domain_names", &value).unwrap())
+}
+
+#[tokio::test]
+async fn a_request_the_server_stops_reading_ends_at_the_write_timeout() {
+    let harness = Harness::start(|config| {
+        config.max_retries = 0;
+        config.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    harness.simulator.inject(FaultRule::always(Fault::StallRequestBody(Duration::from_secs(60))).times(1));
+    let client = VirtualminClient::new(harness.settings.subscribe(), mesh_kit::ConfigSource::default()).unwrap();
+    let params = oversized_params(24 << 20);
+    let error = client
+        .call("sim", Program::ListBandwidth, &params, TimeoutClass::UsageSync)
+        .await
+        .expect_err("the write stalls");
+    assert_eq!(error.error.reason(), "VIRTUALMIN_WRITE_TIMEOUT", "{error}");
+    assert!(error.to_string().contains("`sim`"), "{error}");
+    assert!(calls_of(&harness.simulator, "list-bandwidth").is_empty(), "the program never ran");
+}
+
+#[tokio::test]
+async fn the_write_timeout_does_not_bound_the_wait_for_the_reply() {
+    let mut harness = Harness::start(|config| {
+        config.max_retries = 0;
+        config.write_timeout = Duration::from_millis(50);
+    })
+    .await;
+    // The request is taken at once; the program then takes longer than the write timeout.
+    harness.simulator.inject(FaultRule::always(Fault::Latency(Duration::from_millis(300))).for_program("info"));
+    let info = harness.client.get_server_info(pb::GetServerInfoRequest { server_id: "sim".into() }).await.unwrap();
+    assert_eq!(info.into_inner().virtualmin_version, "8.1.0");
+}
+
+// === TLS: private CA and certificate pin ===
+
+/// A CA and a `localhost` certificate it signed, made for this test run.
+struct TestPki {
+    ca_pem: String,
+    leaf_der: Vec<u8>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn test_pki() -> TestPki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "mesh test ca");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    TestPki { ca_pem: ca.pem(), leaf_der: leaf.der().to_vec(), server: Arc::new(server) }
+}
+
+fn write_temp(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("mesh-virtualmin-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut hex, byte| {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
+async fn server_info(harness: &mut Harness) -> Result<pb::GetServerInfoResponse, tonic::Status> {
+    Ok(harness.client.get_server_info(pb::GetServerInfoRequest { server_id: "sim".into() }).await?.into_inner())
+}
+
+#[tokio::test]
+async fn https_with_the_servers_ca_works_and_with_another_ca_is_refused() {
+    let pki = test_pki();
+    let trusted = write_temp("trusted-ca.pem", &pki.ca_pem);
+    let mut harness = Harness::start_tls(pki.server.clone(), |config| {
+        config.servers[0].ca_file = Some(trusted.clone());
+    })
+    .await;
+    assert_eq!(server_info(&mut harness).await.unwrap().virtualmin_version, "8.1.0");
+    let config = harness.client.get_config(pb::GetConfigRequest {}).await.unwrap().into_inner();
+    assert!(config.servers[0].custom_ca && config.servers[0].scheme == "https");
+
+    let other = write_temp("other-ca.pem", &test_pki().ca_pem);
+    harness.reload(|config| config.servers[0].ca_file = Some(other.clone()));
+    let status = server_info(&mut harness).await.unwrap_err();
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unavailable, "VIRTUALMIN_TLS_FAILED"), "{status:?}");
+    assert!(status.message().contains("server `sim`"), "names the server: {}", status.message());
+    assert!(status.message().to_lowercase().contains("certificate"), "says why: {}", status.message());
+    assert!(!format!("{status:?}").contains(SIM_PASSWORD));
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.metadata["server_hostname"], "localhost");
+    assert_eq!(calls_of(&harness.simulator, "info").len(), 1, "the refused handshake sent nothing");
+
+    // Without a CA file the OS roots are used, which do not know the test CA.
+    harness.reload(|config| config.servers[0].ca_file = None);
+    let status = server_info(&mut harness).await.unwrap_err();
+    assert_eq!(reason(&status), "VIRTUALMIN_TLS_FAILED");
+    std::fs::remove_file(trusted).ok();
+    std::fs::remove_file(other).ok();
+}
+
+#[tokio::test]
+async fn a_pinned_certificate_is_accepted_and_any_other_refused() {
+    let pki = test_pki();
+    let pin = sha256_hex(&pki.leaf_der);
+    let colon_pin =
+        pin.as_bytes().chunks(2).map(|pair| std::str::from_utf8(pair).unwrap()).collect::<Vec<_>>().join(":");
+    let mut harness =
+        Harness::start_tls(pki.server.clone(), |config| config.servers[0].pinned_sha256 = Some(colon_pin)).await;
+    assert_eq!(server_info(&mut harness).await.unwrap().virtualmin_version, "8.1.0");
+    let config = harness.client.get_config(pb::GetConfigRequest {}).await.unwrap().into_inner();
+    assert!(config.servers[0].certificate_pinned);
+
+    let other_pin = sha256_hex(&test_pki().leaf_der);
+    harness.reload(|config| config.servers[0].pinned_sha256 = Some(other_pin));
+    let status = server_info(&mut harness).await.unwrap_err();
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unavailable, "VIRTUALMIN_TLS_FAILED"), "{status:?}");
+    assert!(status.message().contains("server `sim`") && status.message().contains("pinned"), "{}", status.message());
+    assert!(!format!("{status:?}").contains(SIM_PASSWORD));
+    assert_eq!(calls_of(&harness.simulator, "info").len(), 1);
+}
+
+// === idempotency keys ===
+
+fn keyed_create(domain_name: &str, key: &str) -> pb::CreateDomainRequest {
+    pb::CreateDomainRequest {
+        server_id: "sim".into(),
+        domain_name: domain_name.into(),
+        password: "k3yed-pass".into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_create_with_the_same_key_creates_once() {
+    let mut harness = Harness::start(|_| {}).await;
+    let first = harness.client.create_domain(keyed_create("once.example", "key-1")).await.unwrap().into_inner();
+    let again = harness.client.create_domain(keyed_create("once.example", "key-1")).await.unwrap().into_inner();
+    assert_eq!(first.domain.as_ref().unwrap().id, again.domain.as_ref().unwrap().id);
+    assert_eq!(calls_of(&harness.simulator, "create-domain").len(), 1, "the repeat did not create again");
+
+    let reused = harness.client.create_domain(keyed_create("other.example", "key-1")).await.unwrap_err();
+    assert_eq!((reused.code(), reason(&reused).as_str()), (Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED"));
+    let bad_key = harness.client.create_domain(keyed_create("other.example", "has space")).await.unwrap_err();
+    assert_eq!(bad_key.code(), Code::InvalidArgument);
+    assert_eq!(calls_of(&harness.simulator, "create-domain").len(), 1);
+
+    // Without a key, a repeat reaches Virtualmin and is told the domain exists.
+    let unkeyed = harness.client.create_domain(keyed_create("once.example", "")).await.unwrap_err();
+    assert_eq!(unkeyed.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn a_keyed_create_whose_outcome_was_lost_succeeds_on_repeat() {
+    let mut harness = Harness::start(|config| config.max_retries = 0).await;
+    // The domain is created, but the reply is cut short: the caller cannot know.
+    harness.simulator.inject(FaultRule::always(Fault::TruncatedBody).for_program("create-domain").times(1));
+    let lost = harness.client.create_domain(keyed_create("lost.example", "key-lost")).await.unwrap_err();
+    assert_eq!(reason(&lost), "TRUNCATED_RESPONSE");
+    let repeat = harness.client.create_domain(keyed_create("lost.example", "key-lost")).await.unwrap().into_inner();
+    assert_eq!(repeat.domain.unwrap().name, "lost.example");
+    assert_eq!(calls_of(&harness.simulator, "create-domain").len(), 2, "ran again, answered `already hosting`");
+    assert_eq!(harness.simulator.domain_names().iter().filter(|name| *name == "lost.example").count(), 1);
+}
+
+#[tokio::test]
+async fn a_repeated_backup_with_the_same_key_is_one_operation() {
+    let mut harness = Harness::start(|_| {}).await;
+    let request = pb::BackupDomainRequest {
+        server_id: "sim".into(),
+        domain_name: "example.com".into(),
+        destination_path: "/backup/keyed.tar.gz".into(),
+        idempotency_key: "backup-key".into(),
+        ..Default::default()
+    };
+    let first = harness.client.backup_domain(request.clone()).await.unwrap().into_inner().operation_id;
+    let again = harness.client.backup_domain(request.clone()).await.unwrap().into_inner().operation_id;
+    assert_eq!(first, again);
+    let mut state = pb::BackupState::Running;
+    for _ in 0..200 {
+        let poll = pb::GetBackupOperationRequest { operation_id: first.clone() };
+        state = harness.client.get_backup_operation(poll).await.unwrap().into_inner().operation.unwrap().state();
+        if state != pb::BackupState::Running {
+            break;
+        }
+        // Polling the operation is the API under test; each round asks the service again.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, pb::BackupState::Succeeded);
+    assert_eq!(calls_of(&harness.simulator, "backup-domain").len(), 1);
+}
+
+// === per-program metrics ===
+
+#[tokio::test]
+async fn call_metrics_count_calls_errors_and_latency_per_program() {
+    let mut harness = Harness::start(|config| config.max_retries = 0).await;
+    get_domain(&mut harness.client, "example.com").await.unwrap();
+    harness.simulator.inject(FaultRule::always(Fault::Http500).for_program("list-domains").times(1));
+    get_domain(&mut harness.client, "example.com").await.unwrap_err();
+    let metrics = harness.client.get_call_metrics(pb::GetCallMetricsRequest {}).await.unwrap().into_inner();
+    let list = metrics.programs.iter().find(|p| p.program == "list-domains").unwrap();
+    assert_eq!((list.calls, list.errors), (2, 1));
+    assert_eq!(list.errors_by_reason, [pb::ErrorCount { reason: "VIRTUALMIN_HTTP_ERROR".into(), count: 1 }]);
+    assert_ne!(list.total_latency.unwrap(), prost_types::Duration::default());
+    let buckets = &list.latency_buckets;
+    assert!(buckets.windows(2).all(|pair| pair[0].cumulative_count <= pair[1].cumulative_count));
+    assert_eq!(buckets.last().unwrap().cumulative_count, 2);
+    let untouched = metrics.programs.iter().find(|p| p.program == "backup-domain").unwrap();
+    assert_eq!(untouched.calls, 0);
+    assert!(metrics.prometheus_text.contains("virtualmin_call_duration_seconds_count{program=\"list-domains\"} 2"));
 }

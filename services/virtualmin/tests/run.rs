@@ -1,6 +1,7 @@
 //! `mesh_virtualmin::run` as the `mesh` binary calls it: the server list from
 //! `VIRTUALMIN_SERVERS` with the password in another variable, settings from
-//! the `[virtualmin]` file section, and a file edit reloaded into the next call.
+//! the `[virtualmin]` file section, a file edit reloaded into the next call,
+//! and a SIGHUP reloading an edit the file watcher cannot see.
 
 use std::time::Duration;
 
@@ -57,6 +58,29 @@ async fn run_serves_env_configured_servers_and_reloads_the_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(reloaded.map(|t| t.nanos), Some(500_000_000), "the file edit was not reloaded");
+
+    // An edit that keeps the file's modification time is invisible to the watcher: only SIGHUP reloads it.
+    let seen_modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let staged = dir.join("mesh.toml.staged");
+    std::fs::write(&staged, "[virtualmin]\napi_request_timeout = 7\n").unwrap();
+    std::fs::File::options().write(true).open(&staged).unwrap().set_modified(seen_modified).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    // Our own listener keeps SIGHUP from ending the test process whatever the service has registered.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+    let mut timeout_after_sighup = None;
+    for _ in 0..100 {
+        let sent = std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status();
+        assert!(sent.unwrap().success());
+        hangups.recv().await;
+        let config = client.get_config(pb::GetConfigRequest {}).await.unwrap().into_inner();
+        let timeout = config.timeouts.unwrap().api_request.unwrap();
+        if timeout.seconds == 7 {
+            timeout_after_sighup = Some(timeout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(timeout_after_sighup.map(|t| t.nanos), Some(0), "SIGHUP did not reload the settings");
 
     shutdown.cancel();
     service.await.unwrap().unwrap();
