@@ -32,9 +32,9 @@ use crate::model::User;
 
 /// The tag every cached user carries.
 pub const ALL_USERS_TAG: &str = "users";
-/// Most keys or tags sent in one cache call (the Cache service's default
-/// `max_batch_size` is 1000).
-const MAX_KEYS_PER_CALL: usize = 500;
+/// Most keys or tags sent in one cache call: the Cache service's default
+/// `max_batch_size`, so a SetStatus of 1000 users is one invalidation call.
+const MAX_KEYS_PER_CALL: usize = 1000;
 /// How long connecting to the Cache service may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -3,11 +3,12 @@
 //! defaults. The conventional `DATABASE_URL` is accepted as an alias of
 //! `MESH_VPNUSERS_DATABASE_URL` (see [`with_aliases`]).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_kit::config::duration_secs;
+// Shared with every service that has a database; re-exported so callers keep `mesh_vpnusers::DatabaseUrl`.
+pub use mesh_kit::database::{DatabaseLocation, DatabaseUrl};
 use mesh_kit::{ConfigProblem, ConfigSource, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,9 @@ pub const DATABASE_URL_ALIAS: &str = "DATABASE_URL";
 pub const DATABASE_URL_VAR: &str = "MESH_VPNUSERS_DATABASE_URL";
 /// The SQLite file created under `data_dir` when no database URL is set.
 pub const SQLITE_FILE_NAME: &str = "vpnusers.sqlite3";
+
+/// Longest `idempotency_ttl`.
+const MAX_IDEMPOTENCY_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Settings for the VpnUsers service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,17 @@ pub struct VpnUsersConfig {
     /// it again, in seconds.
     #[serde(with = "duration_secs")]
     pub cache_retry_after: Duration,
+    /// Whether a PostgreSQL commit waits until its WAL is on disk
+    /// (`synchronous_commit`). Off by default, the guarantee of the embedded
+    /// SQLite (WAL, `synchronous = NORMAL`): a crash of the machine may lose the
+    /// last fraction of a second of commits, never integrity, and a batch does
+    /// not wait for an fsync (several milliseconds on a plain disk). Set it when
+    /// every acknowledged write must survive a power loss.
+    pub postgres_synchronous_commit: bool,
+    /// How long a `request_id` of CreateUsers, UpdateUsers or DeleteUsers is
+    /// remembered with its response, in seconds; a retry after that writes again.
+    #[serde(with = "duration_secs")]
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for VpnUsersConfig {
@@ -69,6 +84,8 @@ impl Default for VpnUsersConfig {
             cache_ttl: Duration::from_secs(60),
             cache_timeout: Duration::from_millis(250),
             cache_retry_after: Duration::from_secs(5),
+            postgres_synchronous_commit: false,
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -89,15 +106,6 @@ impl VpnUsersConfig {
     pub fn cache_endpoint(&self) -> Option<&str> {
         Some(self.cache_endpoint.as_str()).filter(|endpoint| !endpoint.is_empty())
     }
-}
-
-/// Where the service keeps its users.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DatabaseLocation {
-    /// The embedded SQLite file.
-    SqliteFile(PathBuf),
-    /// A database URL (`postgres://`, `postgresql://` or `sqlite:`).
-    Url(DatabaseUrl),
 }
 
 impl ServiceConfig for VpnUsersConfig {
@@ -125,10 +133,15 @@ impl ServiceConfig for VpnUsersConfig {
             ("connect_timeout", self.connect_timeout),
             ("cache_ttl", self.cache_ttl),
             ("cache_timeout", self.cache_timeout),
+            ("idempotency_ttl", self.idempotency_ttl),
         ] {
             if value.is_zero() {
                 problems.push(ConfigProblem::new(field, "must be greater than 0"));
             }
+        }
+        // Every key lives in the database until it expires; a month bounds the table.
+        if self.idempotency_ttl > MAX_IDEMPOTENCY_TTL {
+            problems.push(ConfigProblem::new("idempotency_ttl", "must be at most 2592000 seconds (30 days)"));
         }
         if let Some(endpoint) = self.cache_endpoint()
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -147,75 +160,6 @@ pub fn with_aliases(source: &ConfigSource) -> ConfigSource {
     match (source.var(DATABASE_URL_VAR), source.var(DATABASE_URL_ALIAS)) {
         (None, Some(url)) => source.clone().with_var(DATABASE_URL_VAR, url),
         _ => source.clone(),
-    }
-}
-
-/// A database URL. It may hold a password, so `Debug` and `Display` show it
-/// with the password replaced.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Wraps a URL.
-    #[must_use]
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its password, for the database driver only.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether no URL is set.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether this is a PostgreSQL URL.
-    #[must_use]
-    pub fn is_postgres(&self) -> bool {
-        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
-    }
-
-    fn has_supported_scheme(&self) -> bool {
-        self.is_postgres() || self.0.starts_with("sqlite:")
-    }
-
-    /// The URL with any password replaced by `***`.
-    #[must_use]
-    pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
-        };
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(authority_end);
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _password)| user);
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}{path}")
-                } else {
-                    format!("{scheme}://{user}@{host}{path}")
-                }
-            }
-            None => self.0.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({:?})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
     }
 }
 

@@ -13,6 +13,7 @@ use crate::cache::{CacheUsage, UserCache};
 use crate::config::VpnUsersConfig;
 use crate::error::VpnUsersError;
 use crate::filter::UserFilter;
+use crate::idempotency::{IdempotencyClaim, IdempotencyKey, Written};
 use crate::model::{NewUser, User, UserPatch, UserStatus};
 use crate::store::{
     BatchMode, ItemOutcome, ListPage, ListQuery, SearchPage, SetStatusOutcome, StatusSelector, UserStats, UserStore,
@@ -87,6 +88,25 @@ impl UserDirectory {
         self.store.create_users(users, mode).await
     }
 
+    /// Creates users under an idempotency key: a retry of the same request
+    /// gets the stored response of the first; see [`UserStore::create_users_keyed`].
+    pub async fn create_users_keyed<R>(
+        &self,
+        users: Vec<NewUser>,
+        mode: BatchMode,
+        key: &IdempotencyKey,
+        respond: impl FnOnce(Vec<ItemOutcome<User>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        self.check_batch("users", users.len())?;
+        self.store.create_users_keyed(users, mode, self.claim(key), respond).await
+    }
+
+    /// The key with its expiry from now.
+    fn claim<'a>(&self, key: &'a IdempotencyKey) -> IdempotencyClaim<'a> {
+        let ttl_micros = i64::try_from(self.settings().idempotency_ttl.as_micros()).unwrap_or(i64::MAX);
+        IdempotencyClaim { key, expires_at_micros: crate::model::now_micros().saturating_add(ttl_micros) }
+    }
+
     /// Updates users, then drops their cached copies.
     pub async fn update_users(
         &self,
@@ -102,6 +122,30 @@ impl UserDirectory {
         Ok(outcomes)
     }
 
+    /// Updates users under an idempotency key, then drops the cached copies
+    /// of the users it changed (nothing, when the response is a replay).
+    pub async fn update_users_keyed<R>(
+        &self,
+        updates: Vec<(Uuid, UserPatch)>,
+        mode: BatchMode,
+        key: &IdempotencyKey,
+        respond: impl FnOnce(Vec<ItemOutcome<User>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        self.check_batch("updates", updates.len())?;
+        let mut changed: Vec<Uuid> = Vec::new();
+        let written = self
+            .store
+            .update_users_keyed(updates, mode, self.claim(key), |outcomes| {
+                changed = outcomes.iter().filter_map(|outcome| Some(outcome.as_ref().ok()?.id)).collect();
+                respond(outcomes)
+            })
+            .await?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_users(&changed).await;
+        }
+        Ok(written)
+    }
+
     /// Deletes users, then drops their cached copies.
     pub async fn delete_users(&self, ids: Vec<Uuid>, mode: BatchMode) -> Result<Vec<ItemOutcome<Uuid>>, VpnUsersError> {
         self.check_batch("ids", ids.len())?;
@@ -111,6 +155,30 @@ impl UserDirectory {
             cache.invalidate_users(&deleted).await;
         }
         Ok(outcomes)
+    }
+
+    /// Deletes users under an idempotency key, then drops the cached copies
+    /// of the users it deleted (nothing, when the response is a replay).
+    pub async fn delete_users_keyed<R>(
+        &self,
+        ids: Vec<Uuid>,
+        mode: BatchMode,
+        key: &IdempotencyKey,
+        respond: impl FnOnce(Vec<ItemOutcome<Uuid>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        self.check_batch("ids", ids.len())?;
+        let mut deleted: Vec<Uuid> = Vec::new();
+        let written = self
+            .store
+            .delete_users_keyed(ids, mode, self.claim(key), |outcomes| {
+                deleted = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok().copied()).collect();
+                respond(outcomes)
+            })
+            .await?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_users(&deleted).await;
+        }
+        Ok(written)
     }
 
     /// Reads users by id, cache first, one result per id in order.

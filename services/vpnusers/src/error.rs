@@ -103,6 +103,19 @@ pub enum VpnUsersError {
     #[error("signup_days must be between 0 and 366 (got {requested})")]
     InvalidSignupDays { requested: i64 },
 
+    /// `request_id` is too long or holds characters other than printable ASCII.
+    #[error("invalid request_id: {reason}")]
+    InvalidRequestId { reason: String },
+
+    /// `request_id` already answered a different request (or another RPC)
+    /// that has not expired; the caller must pick a new key.
+    #[error("request_id was already used for a different request; use a new request_id")]
+    RequestIdReused,
+
+    /// A stored response of an idempotent call could not be read back.
+    #[error("stored response of request_id is unreadable")]
+    CorruptStoredResponse,
+
     /// One item of an ALL_OR_NOTHING batch failed, so nothing was written.
     #[error("item {index} refused, nothing was written: {source}")]
     BatchItemFailed { index: usize, source: Box<VpnUsersError> },
@@ -158,6 +171,9 @@ impl VpnUsersError {
             Self::MissingSelector => "MISSING_SELECTOR",
             Self::InvalidSearchQuery { .. } => "INVALID_QUERY",
             Self::InvalidSignupDays { .. } => "INVALID_SIGNUP_DAYS",
+            Self::InvalidRequestId { .. } => "INVALID_REQUEST_ID",
+            Self::RequestIdReused => "REQUEST_ID_REUSED",
+            Self::CorruptStoredResponse => "CORRUPT_STORED_RESPONSE",
             Self::BatchItemFailed { source, .. } => source.reason(),
             Self::DatabaseUnavailable { .. } => "DATABASE_UNAVAILABLE",
             Self::Database { .. } => "STORAGE_FAILED",
@@ -191,8 +207,12 @@ impl VpnUsersError {
             Self::MissingSelector => Some("selector"),
             Self::InvalidSearchQuery { .. } => Some("query"),
             Self::InvalidSignupDays { .. } => Some("signup_days"),
+            Self::InvalidRequestId { .. } | Self::RequestIdReused => Some("request_id"),
             Self::BatchItemFailed { source, .. } => source.field(),
-            Self::DatabaseUnavailable { .. } | Self::Database { .. } | Self::CorruptRow { .. } => None,
+            Self::DatabaseUnavailable { .. }
+            | Self::Database { .. }
+            | Self::CorruptRow { .. }
+            | Self::CorruptStoredResponse => None,
         }
     }
 

@@ -124,10 +124,10 @@ impl UserFilter {
         }
         if !self.statuses.is_empty() {
             let statuses = self.statuses.iter().map(|s| s.as_db_str());
-            // SQLite can read one status in sort order from (status, created_at,
-            // id), but for several it would sort every matching row; `+status`
-            // keeps it on the sort index, filtering as it scans, which is what
-            // a page of 50 wants. PostgreSQL weighs both plans itself.
+            // No index leads with status (see `schema`): the page is read from
+            // the sort index, filtering as it scans, which is what a page of 50
+            // wants. On SQLite `+status` keeps it that way for several statuses
+            // even if one is added. PostgreSQL weighs the plans itself.
             let status = if backend == DbBackend::Sqlite && self.statuses.len() > 1 {
                 Expr::cust("+\"status\"")
             } else {
@@ -177,7 +177,32 @@ fn add_byte_range(condition: Condition, column: Column, range: ByteRange) -> Con
 }
 
 fn wildcard_match(column: Column, pattern: &str) -> SimpleExpr {
-    Func::lower(Expr::col(column)).like(LikeExpr::new(like_pattern(pattern)).escape(LIKE_ESCAPE))
+    let like = Func::lower(Expr::col(column)).like(LikeExpr::new(like_pattern(pattern)).escape(LIKE_ESCAPE));
+    // Usernames compare bytewise on both backends (SQLite BINARY, PostgreSQL
+    // "C"), so a literal prefix is exactly a range of `lower(username)`, which
+    // is indexed; LIKE still decides. Emails compare in the database's
+    // collation, where a prefix need not be a range.
+    match literal_prefix_range(pattern).filter(|_| matches!(column, Column::Username)) {
+        Some((low, high)) => {
+            Func::lower(Expr::col(column)).gte(low).and(Func::lower(Expr::col(column)).lt(high)).and(like)
+        }
+        None => like,
+    }
+}
+
+/// `[low, high)`: the lowercase strings that start with the wildcard's
+/// literal prefix, when it has one of ASCII characters (so the lowercase is
+/// the same in Rust, SQLite and PostgreSQL, and the last byte can be raised).
+fn literal_prefix_range(wildcard: &str) -> Option<(String, String)> {
+    let prefix: String =
+        wildcard.chars().take_while(|c| !matches!(c, '*' | '?')).map(|c| c.to_ascii_lowercase()).collect();
+    let last = prefix.chars().last()?;
+    if !prefix.is_ascii() || last == '\u{7f}' {
+        return None;
+    }
+    let mut high = prefix[..prefix.len() - 1].to_owned();
+    high.push(char::from(u8::try_from(last).ok()? + 1));
+    Some((prefix, high))
 }
 
 /// Translates a `*`/`?` wildcard into a lowercase `LIKE` pattern escaped with `\`.
@@ -281,7 +306,19 @@ mod tests {
             .cond_where(filter.condition(DbBackend::Sqlite))
             .build(SqliteQueryBuilder);
         assert!(!sql.contains("DROP"), "{sql}");
-        assert_eq!(values.0.len(), 2, "{sql}");
+        // The pattern, its prefix range (two bounds) and the status.
+        assert_eq!(values.0.len(), 4, "{sql}");
+    }
+
+    #[test]
+    fn literal_prefixes_become_ranges_of_lowercase_usernames() {
+        let range = |wildcard: &str| literal_prefix_range(wildcard);
+        assert_eq!(range("user0123*"), Some(("user0123".into(), "user0124".into())));
+        assert_eq!(range("Ab?c*"), Some(("ab".into(), "ac".into())));
+        assert_eq!(range("alice"), Some(("alice".into(), "alicf".into())));
+        assert_eq!(range("*bob"), None, "no literal prefix");
+        assert_eq!(range("?bob"), None);
+        assert_eq!(range("jos\u{e9}*"), None, "non-ASCII folds differently per backend");
     }
 
     #[test]

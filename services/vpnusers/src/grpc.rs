@@ -10,6 +10,7 @@ use mesh_kit::error::{RpcError, ok_status_proto, to_status, to_status_proto};
 use mesh_proto::common::v1::ItemResult;
 use mesh_proto::vpnusers::v1 as pb;
 use mesh_proto::vpnusers::v1::vpn_users_server::VpnUsers;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::directory::UserDirectory;
 use crate::error::VpnUsersError;
 use crate::filter::{ByteRange, InstantRange, SortDirection, SortField, UserFilter, UserSort};
+use crate::idempotency::{IdempotencyKey, Written};
 use crate::model::{NewUser, User, UserPatch, UserStatus, VpnProtocol};
 use crate::store::{BatchMode, ItemOutcome, ListQuery, StatusSelector};
 
@@ -44,12 +46,16 @@ impl RpcError for VpnUsersError {
             | Self::EmptyFilter
             | Self::MissingSelector
             | Self::InvalidSearchQuery { .. }
-            | Self::InvalidSignupDays { .. } => Code::InvalidArgument,
+            | Self::InvalidSignupDays { .. }
+            | Self::InvalidRequestId { .. } => Code::InvalidArgument,
+            // The key is fine; the state it names (a different stored request)
+            // is what refuses the call, so retrying the same call cannot help.
+            Self::RequestIdReused => Code::FailedPrecondition,
             Self::UsernameTaken { .. } | Self::DuplicateUsernameInBatch { .. } => Code::AlreadyExists,
             Self::UserNotFound { .. } => Code::NotFound,
             Self::BatchItemFailed { source, .. } => source.code(),
             Self::DatabaseUnavailable { .. } => Code::Unavailable,
-            Self::Database { .. } | Self::CorruptRow { .. } => Code::Internal,
+            Self::Database { .. } | Self::CorruptRow { .. } | Self::CorruptStoredResponse => Code::Internal,
         }
     }
 
@@ -337,6 +343,90 @@ where
     converted.iter().filter_map(|item| item.as_ref().ok().cloned()).collect()
 }
 
+/// The idempotency key of a request whose `request_id` was taken out of it;
+/// the fingerprint is the rest of the request, encoded.
+fn idempotency_key(
+    request_id: String,
+    operation: &str,
+    request_without_key: &impl Message,
+) -> Result<Option<IdempotencyKey>, VpnUsersError> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    IdempotencyKey::parse(request_id, operation, &request_without_key.encode_to_vec())
+}
+
+/// Encodes a response for storing with its key.
+fn with_encoding<R: Message>(response: R) -> (R, Vec<u8>) {
+    let encoded = response.encode_to_vec();
+    (response, encoded)
+}
+
+/// The response of a keyed write: made now, or the stored one of the first call.
+fn written_response<R: Message + Default>(written: Written<R>) -> Result<R, VpnUsersError> {
+    match written {
+        Written::Done(response) => Ok(response),
+        Written::Replayed(encoded) => R::decode(encoded.as_slice()).map_err(|_| VpnUsersError::CorruptStoredResponse),
+    }
+}
+
+fn create_users_response(
+    converted: Vec<ItemOutcome<NewUser>>,
+    outcomes: Vec<ItemOutcome<User>>,
+    usernames: Vec<String>,
+) -> pb::CreateUsersResponse {
+    let mut created_count = 0;
+    let results = merge_outcomes(converted, outcomes)
+        .into_iter()
+        .zip(usernames)
+        .map(|(outcome, username)| match outcome {
+            Ok(user) => {
+                created_count += 1;
+                pb::CreateUserResult { result: Some(item_result(username, None)), user: Some(user_to_wire(user)) }
+            }
+            Err(error) => pb::CreateUserResult { result: Some(item_result(username, Some(&error))), user: None },
+        })
+        .collect();
+    pb::CreateUsersResponse { results, created_count }
+}
+
+fn update_users_response(
+    converted: Vec<ItemOutcome<(Uuid, UserPatch)>>,
+    outcomes: Vec<ItemOutcome<User>>,
+    ids: Vec<String>,
+) -> pb::UpdateUsersResponse {
+    let mut updated_count = 0;
+    let results = merge_outcomes(converted, outcomes)
+        .into_iter()
+        .zip(ids)
+        .map(|(outcome, id)| match outcome {
+            Ok(user) => {
+                updated_count += 1;
+                pb::UpdateUserResult { result: Some(item_result(id, None)), user: Some(user_to_wire(user)) }
+            }
+            Err(error) => pb::UpdateUserResult { result: Some(item_result(id, Some(&error))), user: None },
+        })
+        .collect();
+    pb::UpdateUsersResponse { results, updated_count }
+}
+
+fn delete_users_response(
+    converted: Vec<ItemOutcome<Uuid>>,
+    outcomes: Vec<ItemOutcome<Uuid>>,
+    raw_ids: Vec<String>,
+) -> pb::DeleteUsersResponse {
+    let mut deleted_count = 0;
+    let results = merge_outcomes(converted, outcomes)
+        .into_iter()
+        .zip(raw_ids)
+        .map(|(outcome, id)| {
+            deleted_count += u64::from(outcome.is_ok());
+            item_result(id, outcome.as_ref().err())
+        })
+        .collect();
+    pb::DeleteUsersResponse { results, deleted_count }
+}
+
 // === impl VpnUsers ===
 
 #[tonic::async_trait]
@@ -346,25 +436,29 @@ impl VpnUsers for VpnUsersGrpc {
         &self,
         request: Request<pb::CreateUsersRequest>,
     ) -> Result<Response<pb::CreateUsersResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let key = idempotency_key(request_id, "CreateUsers", &request).map_err(|e| status(&e))?;
         let mode = batch_mode(request.mode);
         let usernames: Vec<String> = request.users.iter().map(|user| user.username.clone()).collect();
         let mut converted = convert_batch(request.users, mode, new_user).map_err(|e| status(&e))?;
         let new_users = split_converted(&mut converted);
-        let outcomes = self.directory.create_users(new_users, mode).await.map_err(|e| status(&e))?;
-        let mut created_count = 0;
-        let results = merge_outcomes(converted, outcomes)
-            .into_iter()
-            .zip(usernames)
-            .map(|(outcome, username)| match outcome {
-                Ok(user) => {
-                    created_count += 1;
-                    pb::CreateUserResult { result: Some(item_result(username, None)), user: Some(user_to_wire(user)) }
-                }
-                Err(error) => pb::CreateUserResult { result: Some(item_result(username, Some(&error))), user: None },
-            })
-            .collect();
-        Ok(Response::new(pb::CreateUsersResponse { results, created_count }))
+        let response = match key {
+            None => {
+                let outcomes = self.directory.create_users(new_users, mode).await.map_err(|e| status(&e))?;
+                create_users_response(converted, outcomes, usernames)
+            }
+            Some(key) => {
+                let written = self
+                    .directory
+                    .create_users_keyed(new_users, mode, &key, |outcomes| {
+                        with_encoding(create_users_response(converted, outcomes, usernames))
+                    })
+                    .await;
+                written.and_then(written_response).map_err(|e| status(&e))?
+            }
+        };
+        Ok(Response::new(response))
     }
 
     #[instrument(skip_all, fields(item_count = request.get_ref().updates.len()))]
@@ -372,25 +466,29 @@ impl VpnUsers for VpnUsersGrpc {
         &self,
         request: Request<pb::UpdateUsersRequest>,
     ) -> Result<Response<pb::UpdateUsersResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let key = idempotency_key(request_id, "UpdateUsers", &request).map_err(|e| status(&e))?;
         let mode = batch_mode(request.mode);
         let ids: Vec<String> = request.updates.iter().map(|update| update.id.clone()).collect();
         let mut converted = convert_batch(request.updates, mode, user_update).map_err(|e| status(&e))?;
         let updates = split_converted(&mut converted);
-        let outcomes = self.directory.update_users(updates, mode).await.map_err(|e| status(&e))?;
-        let mut updated_count = 0;
-        let results = merge_outcomes(converted, outcomes)
-            .into_iter()
-            .zip(ids)
-            .map(|(outcome, id)| match outcome {
-                Ok(user) => {
-                    updated_count += 1;
-                    pb::UpdateUserResult { result: Some(item_result(id, None)), user: Some(user_to_wire(user)) }
-                }
-                Err(error) => pb::UpdateUserResult { result: Some(item_result(id, Some(&error))), user: None },
-            })
-            .collect();
-        Ok(Response::new(pb::UpdateUsersResponse { results, updated_count }))
+        let response = match key {
+            None => {
+                let outcomes = self.directory.update_users(updates, mode).await.map_err(|e| status(&e))?;
+                update_users_response(converted, outcomes, ids)
+            }
+            Some(key) => {
+                let written = self
+                    .directory
+                    .update_users_keyed(updates, mode, &key, |outcomes| {
+                        with_encoding(update_users_response(converted, outcomes, ids))
+                    })
+                    .await;
+                written.and_then(written_response).map_err(|e| status(&e))?
+            }
+        };
+        Ok(Response::new(response))
     }
 
     #[instrument(skip_all, fields(item_count = request.get_ref().ids.len()))]
@@ -398,22 +496,29 @@ impl VpnUsers for VpnUsersGrpc {
         &self,
         request: Request<pb::DeleteUsersRequest>,
     ) -> Result<Response<pb::DeleteUsersResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let key = idempotency_key(request_id, "DeleteUsers", &request).map_err(|e| status(&e))?;
         let mode = batch_mode(request.mode);
         let raw_ids = request.ids.clone();
         let mut converted = convert_batch(request.ids, mode, |raw| parse_id(&raw, "ids")).map_err(|e| status(&e))?;
         let ids = split_converted(&mut converted);
-        let outcomes = self.directory.delete_users(ids, mode).await.map_err(|e| status(&e))?;
-        let mut deleted_count = 0;
-        let results = merge_outcomes(converted, outcomes)
-            .into_iter()
-            .zip(raw_ids)
-            .map(|(outcome, id)| {
-                deleted_count += u64::from(outcome.is_ok());
-                item_result(id, outcome.as_ref().err())
-            })
-            .collect();
-        Ok(Response::new(pb::DeleteUsersResponse { results, deleted_count }))
+        let response = match key {
+            None => {
+                let outcomes = self.directory.delete_users(ids, mode).await.map_err(|e| status(&e))?;
+                delete_users_response(converted, outcomes, raw_ids)
+            }
+            Some(key) => {
+                let written = self
+                    .directory
+                    .delete_users_keyed(ids, mode, &key, |outcomes| {
+                        with_encoding(delete_users_response(converted, outcomes, raw_ids))
+                    })
+                    .await;
+                written.and_then(written_response).map_err(|e| status(&e))?
+            }
+        };
+        Ok(Response::new(response))
     }
 
     #[instrument(skip_all, fields(item_count = request.get_ref().ids.len()))]

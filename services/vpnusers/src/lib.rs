@@ -14,6 +14,7 @@
 //! - [`schema`]: the `vpn_users` entity and its migrations.
 //! - [`store`]: [`UserStore`], every query and transaction.
 //! - [`cache`]: [`UserCache`], cache-aside through the Cache service.
+//! - [`idempotency`]: [`IdempotencyKey`], `request_id`s that make batch writes safe to retry.
 //! - [`directory`]: [`UserDirectory`], limits + cache + store: the operations.
 //! - [`config`]: [`VpnUsersConfig`], the service's settings.
 //! - [`error`]: [`VpnUsersError`] with its reason and offending field.
@@ -28,7 +29,10 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
+pub mod idempotency;
 pub mod model;
 pub mod page_token;
 pub mod schema;
@@ -43,6 +47,7 @@ pub use directory::UserDirectory;
 pub use error::VpnUsersError;
 pub use filter::{UserFilter, UserSort};
 pub use grpc::VpnUsersGrpc;
+pub use idempotency::{IdempotencyKey, Written};
 use mesh_kit::{ConfigWatch, MeshServer, Runtime, ServeError};
 use mesh_proto::vpnusers::v1::FILE_DESCRIPTOR_SET;
 use mesh_proto::vpnusers::v1::vpn_users_server::VpnUsersServer;
@@ -76,8 +81,9 @@ pub async fn open_directory(
     config: ConfigWatch<VpnUsersConfig>,
 ) -> Result<UserDirectory, ServeError> {
     let location = settings.database_location();
-    let store =
-        UserStore::open(&location, settings.max_connections, settings.connect_timeout).await.map_err(|error| {
+    let store = UserStore::open(&location, settings.max_connections, settings.connect_timeout)
+        .await
+        .map_err(|error| {
             let place = match &location {
                 DatabaseLocation::SqliteFile(path) => path.display().to_string(),
                 DatabaseLocation::Url(url) => url.redacted(),
@@ -85,7 +91,8 @@ pub async fn open_directory(
             // `ServeError` has no variant for a service's own start-up failure;
             // `Io` carries it with its cause chain.
             ServeError::Io(std::io::Error::other(StartupError { place, source: error }))
-        })?;
+        })?
+        .with_postgres_synchronous_commit(settings.postgres_synchronous_commit);
     let cache = if let Some(endpoint) = settings.cache_endpoint() {
         let cache_settings = CacheSettings {
             ttl: settings.cache_ttl,

@@ -3,24 +3,29 @@
 //! change one statement, and every value reaches the database as a bound
 //! parameter.
 //!
+//! Commits do not wait for the disk on either backend: SQLite runs in WAL
+//! mode with `synchronous = NORMAL` and a background task copies the WAL into
+//! the database (a commit never checkpoints), and PostgreSQL commits with
+//! `synchronous_commit = off` unless told otherwise. A power loss may drop the
+//! last moments of commits, never integrity.
+//!
 //! Writes on SQLite start with `BEGIN IMMEDIATE`, so a batch that reads before
 //! it writes (an update checks usernames) takes the write lock first instead
 //! of failing with `SQLITE_BUSY` halfway through; PostgreSQL locks the rows it
 //! reads with `FOR UPDATE`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use mesh_kit::CancellationToken;
 use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, LockType, OnConflict, Order, Query, SelectStatement, UpdateStatement,
 };
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    FromQueryResult, Iterable, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Iterable, SqlErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
@@ -30,13 +35,12 @@ use uuid::Uuid;
 use crate::config::DatabaseLocation;
 use crate::error::VpnUsersError;
 use crate::filter::{SortDirection, SortField, UserFilter, UserSort};
+use crate::idempotency::{IdempotencyClaim, Written};
 use crate::model::{NewUser, User, UserPatch, UserStatus, VpnProtocol};
 use crate::page_token::PageTokenKey;
-use crate::schema::{Migrator, service_meta, vpn_user};
+use crate::schema::{Migrator, VpnUsersIdempotency, service_meta, vpn_user};
 use crate::search;
 
-/// How long SQLite waits for another connection's write lock.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Microseconds in a day, for sign-ups per day.
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The stored expiry of a user that never expires; see `schema`.
@@ -49,6 +53,14 @@ const NEVER_EXPIRES: i64 = i64::MAX;
 const FIRST_ANALYZE_GAP_ROWS: u64 = 1_000;
 /// Most rows written between two `ANALYZE`s.
 const MAX_ANALYZE_GAP_ROWS: u64 = 1_000_000;
+/// How often the SQLite checkpointer copies the WAL into the database file.
+/// Commits never checkpoint (see [`UserStore::begin_write`]): with SQLite's
+/// default, the commit that grew the WAL past 1000 pages copied and fsynced
+/// it, and a bulk status change of 1000 scattered users (some 1500 pages)
+/// paid that every time.
+const SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// Least time between two deletions of expired idempotency keys: one minute.
+const KEY_PURGE_INTERVAL_MICROS: i64 = 60_000_000;
 /// The name of the page token key in `vpn_users_meta`.
 const PAGE_TOKEN_KEY_NAME: &str = "page_token_key";
 
@@ -154,7 +166,7 @@ pub struct SetStatusOutcome {
 
 /// Where a list page starts: after a row, or after skipping rows.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct ListCursor {
+pub(crate) struct ListCursor {
     /// The 1-based number of the page this cursor opens.
     page: u32,
     /// The sort value of the previous page's last row.
@@ -166,14 +178,14 @@ struct ListCursor {
 /// A sort column's value in a cursor.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-enum SortKey {
+pub(crate) enum SortKey {
     Integer(i64),
     Text(String),
 }
 
 /// Where a search page starts.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct SearchCursor {
+pub(crate) struct SearchCursor {
     /// Hits to skip.
     offset: u64,
 }
@@ -187,6 +199,22 @@ pub struct UserStore {
     rows_since_analyze: Arc<AtomicU64>,
     /// Rows to write before the next `ANALYZE`.
     analyze_gap_rows: Arc<AtomicU64>,
+    /// When expired idempotency keys are next deleted, in Unix microseconds.
+    next_key_purge_micros: Arc<AtomicI64>,
+    /// Whether a PostgreSQL commit waits for its WAL flush.
+    postgres_synchronous_commit: bool,
+    /// Stops the SQLite checkpointer when the last clone is dropped.
+    _checkpointer: Option<Arc<StopOnDrop>>,
+}
+
+/// Cancels its token when dropped.
+#[derive(Debug)]
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 // === impl UserStore: opening ===
@@ -199,43 +227,37 @@ impl UserStore {
         max_connections: u32,
         connect_timeout: Duration,
     ) -> Result<Self, VpnUsersError> {
-        let url = match location {
-            DatabaseLocation::SqliteFile(path) => {
-                create_parent_dir(path)?;
-                format!("sqlite://{}?mode=rwc", path.display())
-            }
-            DatabaseLocation::Url(url) => url.expose().to_owned(),
+        let pool = mesh_kit::database::PoolSettings {
+            max_connections,
+            connect_timeout,
+            // 32 MiB of page cache per connection (the default is 2 MiB):
+            // the table and its indexes at 100k users stay in memory.
+            sqlite_cache_kib: 32 * 1024,
         };
-        let mut options = ConnectOptions::new(url);
-        options
-            .max_connections(max_connections)
-            .min_connections(1)
-            .connect_timeout(connect_timeout)
-            .acquire_timeout(connect_timeout)
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|sqlite| {
-                sqlite
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // With WAL, NORMAL loses at most the last commits on power
-                    // loss, never integrity; FULL would fsync every batch.
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    // 32 MiB of page cache per connection (the default is 2 MiB):
-                    // the table and its indexes at 100k users stay in memory.
-                    .pragma("cache_size", "-32768")
-                    .create_if_missing(true)
-            });
-        let db = Database::connect(options).await?;
+        let db = mesh_kit::database::connect(location, pool).await?;
         Migrator::up(&db, None).await?;
         let page_token_key = load_or_create_page_token_key(&db).await?;
         db.execute_unprepared("ANALYZE vpn_users").await?;
+        let checkpointer = (db.get_database_backend() == DbBackend::Sqlite).then(|| spawn_checkpointer(db.clone()));
         info!(backend = ?db.get_database_backend(), "user store ready");
         Ok(Self {
             db,
             page_token_key,
             rows_since_analyze: Arc::new(AtomicU64::new(0)),
             analyze_gap_rows: Arc::new(AtomicU64::new(FIRST_ANALYZE_GAP_ROWS)),
+            next_key_purge_micros: Arc::new(AtomicI64::new(0)),
+            postgres_synchronous_commit: false,
+            _checkpointer: checkpointer,
         })
+    }
+
+    /// Whether a PostgreSQL commit waits until its WAL is flushed to disk
+    /// (`synchronous_commit`); off by default. See
+    /// [`VpnUsersConfig::postgres_synchronous_commit`](crate::VpnUsersConfig::postgres_synchronous_commit).
+    #[must_use]
+    pub fn with_postgres_synchronous_commit(mut self, synchronous_commit: bool) -> Self {
+        self.postgres_synchronous_commit = synchronous_commit;
+        self
     }
 
     /// Counts written rows and, once the gap is reached, refreshes the
@@ -284,17 +306,42 @@ impl UserStore {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.db.begin_with_options(options).await
+        let transaction = self.db.begin_with_options(options).await?;
+        match self.backend() {
+            // Per connection, so every write sets it on the connection it got;
+            // the checkpointer task does the copying instead.
+            DbBackend::Sqlite => {
+                transaction.execute_unprepared("PRAGMA wal_autocheckpoint = 0").await?;
+            }
+            // A commit then returns before the WAL flush (an fsync of several
+            // milliseconds here), as SQLite's NORMAL does.
+            DbBackend::Postgres if !self.postgres_synchronous_commit => {
+                transaction.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
+            }
+            _ => {}
+        }
+        Ok(transaction)
     }
 }
 
-fn create_parent_dir(path: &Path) -> Result<(), VpnUsersError> {
-    let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    std::fs::create_dir_all(dir).map_err(|error| VpnUsersError::Database {
-        source: DbErr::Custom(format!("cannot create data directory {}: {error}", dir.display())),
-    })
+/// Copies the SQLite WAL into the database every [`SQLITE_CHECKPOINT_INTERVAL`]
+/// until the returned guard is dropped. PASSIVE never blocks writers or
+/// readers; the next writer then restarts the WAL from its beginning.
+fn spawn_checkpointer(db: DatabaseConnection) -> Arc<StopOnDrop> {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => return,
+                () = tokio::time::sleep(SQLITE_CHECKPOINT_INTERVAL) => {}
+            }
+            if let Err(error) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+                debug!(%error, "wal checkpoint failed; the next one retries");
+            }
+        }
+    });
+    Arc::new(StopOnDrop(stop))
 }
 
 /// Reads the signing key, creating it on first start. `ON CONFLICT DO
@@ -323,6 +370,16 @@ async fn load_or_create_page_token_key(db: &DatabaseConnection) -> Result<PageTo
 
 // === impl UserStore: batches ===
 
+/// A batch written in a transaction that is still open, or the stored
+/// response of its idempotency key.
+enum Attempt<T> {
+    /// Written, not yet committed. No transaction when nothing was to be
+    /// written and no key was to be claimed.
+    Open { transaction: Option<DatabaseTransaction>, outcomes: Vec<ItemOutcome<T>>, rows_written: u64 },
+    /// The key already answered this request.
+    Replayed(Vec<u8>),
+}
+
 impl UserStore {
     /// Creates users in one transaction. Per item: invalid fields, a username
     /// repeated in the batch (the first one wins) or already taken.
@@ -331,6 +388,30 @@ impl UserStore {
         new_users: Vec<NewUser>,
         mode: BatchMode,
     ) -> Result<Vec<ItemOutcome<User>>, VpnUsersError> {
+        let attempt = self.create_users_uncommitted(new_users, mode, None).await?;
+        self.commit_unkeyed(attempt).await
+    }
+
+    /// [`Self::create_users`] under an idempotency key: `respond` turns the
+    /// outcomes into the response and its encoding, which is stored with the
+    /// key in the same transaction.
+    pub async fn create_users_keyed<R>(
+        &self,
+        new_users: Vec<NewUser>,
+        mode: BatchMode,
+        claim: IdempotencyClaim<'_>,
+        respond: impl FnOnce(Vec<ItemOutcome<User>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        let attempt = self.create_users_uncommitted(new_users, mode, Some(claim)).await?;
+        self.commit_keyed(attempt, claim, respond).await
+    }
+
+    async fn create_users_uncommitted(
+        &self,
+        new_users: Vec<NewUser>,
+        mode: BatchMode,
+        claim: Option<IdempotencyClaim<'_>>,
+    ) -> Result<Attempt<User>, VpnUsersError> {
         let now = crate::model::now_micros();
         let mut seen_usernames = HashSet::with_capacity(new_users.len());
         let mut outcomes: Vec<ItemOutcome<User>> = Vec::with_capacity(new_users.len());
@@ -346,10 +427,20 @@ impl UserStore {
         }
         refuse_if_any_failed(&mut outcomes, mode)?;
         let candidates: Vec<&User> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
-        if candidates.is_empty() {
-            return Ok(outcomes);
+        if candidates.is_empty() && claim.is_none() {
+            return Ok(Attempt::Open { transaction: None, outcomes, rows_written: 0 });
         }
 
+        let transaction = self.begin_write().await?;
+        if let Some(claim) = claim
+            && let Some(stored) = self.claim_key(&transaction, claim, now).await?
+        {
+            transaction.rollback().await?;
+            return Ok(Attempt::Replayed(stored));
+        }
+        if candidates.is_empty() {
+            return Ok(Attempt::Open { transaction: Some(transaction), outcomes, rows_written: 0 });
+        }
         let mut insert = Query::insert();
         insert.into_table(vpn_user::Entity).columns(WRITTEN_COLUMNS);
         for user in &candidates {
@@ -360,8 +451,6 @@ impl UserStore {
         insert
             .on_conflict(OnConflict::column(vpn_user::Column::Username).do_nothing().to_owned())
             .returning_col(vpn_user::Column::Id);
-
-        let transaction = self.begin_write().await?;
         let inserted_rows = transaction.query_all(&insert).await?;
         let mut inserted_ids = HashSet::with_capacity(inserted_rows.len());
         for row in inserted_rows {
@@ -378,9 +467,7 @@ impl UserStore {
             transaction.rollback().await?;
             return Err(error);
         }
-        transaction.commit().await?;
-        self.note_rows_written(inserted_ids.len() as u64);
-        Ok(outcomes)
+        Ok(Attempt::Open { transaction: Some(transaction), outcomes, rows_written: inserted_ids.len() as u64 })
     }
 
     /// Applies patches in one transaction. Per item: invalid fields, a
@@ -391,6 +478,29 @@ impl UserStore {
         updates: Vec<(Uuid, UserPatch)>,
         mode: BatchMode,
     ) -> Result<Vec<ItemOutcome<User>>, VpnUsersError> {
+        let attempt = self.update_users_uncommitted(updates, mode, None).await?;
+        self.commit_unkeyed(attempt).await
+    }
+
+    /// [`Self::update_users`] under an idempotency key; see
+    /// [`Self::create_users_keyed`].
+    pub async fn update_users_keyed<R>(
+        &self,
+        updates: Vec<(Uuid, UserPatch)>,
+        mode: BatchMode,
+        claim: IdempotencyClaim<'_>,
+        respond: impl FnOnce(Vec<ItemOutcome<User>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        let attempt = self.update_users_uncommitted(updates, mode, Some(claim)).await?;
+        self.commit_keyed(attempt, claim, respond).await
+    }
+
+    async fn update_users_uncommitted(
+        &self,
+        updates: Vec<(Uuid, UserPatch)>,
+        mode: BatchMode,
+        claim: Option<IdempotencyClaim<'_>>,
+    ) -> Result<Attempt<User>, VpnUsersError> {
         let mut seen_ids = HashSet::with_capacity(updates.len());
         let mut seen_new_usernames = HashSet::new();
         let mut checked: Vec<ItemOutcome<(Uuid, UserPatch)>> = Vec::with_capacity(updates.len());
@@ -410,14 +520,20 @@ impl UserStore {
         }
         refuse_if_any_failed(&mut checked, mode)?;
 
+        let now = crate::model::now_micros();
         let transaction = self.begin_write().await?;
+        if let Some(claim) = claim
+            && let Some(stored) = self.claim_key(&transaction, claim, now).await?
+        {
+            transaction.rollback().await?;
+            return Ok(Attempt::Replayed(stored));
+        }
         let ids: Vec<Uuid> = checked.iter().filter_map(|item| item.as_ref().ok().map(|(id, _)| *id)).collect();
         let current = select_by_ids(&transaction, &ids, true).await?;
         let new_usernames: Vec<&str> =
             checked.iter().filter_map(|item| item.as_ref().ok()?.1.username.as_deref()).collect();
         let username_owners = username_owners(&transaction, &new_usernames).await?;
 
-        let now = crate::model::now_micros();
         let mut outcomes: Vec<ItemOutcome<User>> = Vec::with_capacity(checked.len());
         for item in checked {
             let outcome = item.and_then(|(id, patch)| {
@@ -449,12 +565,34 @@ impl UserStore {
                 });
             }
         }
-        transaction.commit().await?;
-        Ok(outcomes)
+        Ok(Attempt::Open { transaction: Some(transaction), outcomes, rows_written: 0 })
     }
 
     /// Deletes users in one statement. Per item: a repeated or unknown id.
     pub async fn delete_users(&self, ids: Vec<Uuid>, mode: BatchMode) -> Result<Vec<ItemOutcome<Uuid>>, VpnUsersError> {
+        let attempt = self.delete_users_uncommitted(ids, mode, None).await?;
+        self.commit_unkeyed(attempt).await
+    }
+
+    /// [`Self::delete_users`] under an idempotency key; see
+    /// [`Self::create_users_keyed`].
+    pub async fn delete_users_keyed<R>(
+        &self,
+        ids: Vec<Uuid>,
+        mode: BatchMode,
+        claim: IdempotencyClaim<'_>,
+        respond: impl FnOnce(Vec<ItemOutcome<Uuid>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        let attempt = self.delete_users_uncommitted(ids, mode, Some(claim)).await?;
+        self.commit_keyed(attempt, claim, respond).await
+    }
+
+    async fn delete_users_uncommitted(
+        &self,
+        ids: Vec<Uuid>,
+        mode: BatchMode,
+        claim: Option<IdempotencyClaim<'_>>,
+    ) -> Result<Attempt<Uuid>, VpnUsersError> {
         let mut seen = HashSet::with_capacity(ids.len());
         let mut outcomes: Vec<ItemOutcome<Uuid>> = ids
             .into_iter()
@@ -462,18 +600,26 @@ impl UserStore {
             .collect();
         refuse_if_any_failed(&mut outcomes, mode)?;
         let targets: Vec<Uuid> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok().copied()).collect();
-        if targets.is_empty() {
-            return Ok(outcomes);
+        if targets.is_empty() && claim.is_none() {
+            return Ok(Attempt::Open { transaction: None, outcomes, rows_written: 0 });
         }
-        let delete = Query::delete()
-            .from_table(vpn_user::Entity)
-            .and_where(Expr::col(vpn_user::Column::Id).is_in(targets))
-            .returning_col(vpn_user::Column::Id)
-            .to_owned();
         let transaction = self.begin_write().await?;
+        if let Some(claim) = claim
+            && let Some(stored) = self.claim_key(&transaction, claim, crate::model::now_micros()).await?
+        {
+            transaction.rollback().await?;
+            return Ok(Attempt::Replayed(stored));
+        }
         let mut deleted = HashSet::new();
-        for row in transaction.query_all(&delete).await? {
-            deleted.insert(row.try_get::<Uuid>("", "id")?);
+        if !targets.is_empty() {
+            let delete = Query::delete()
+                .from_table(vpn_user::Entity)
+                .and_where(Expr::col(vpn_user::Column::Id).is_in(targets))
+                .returning_col(vpn_user::Column::Id)
+                .to_owned();
+            for row in transaction.query_all(&delete).await? {
+                deleted.insert(row.try_get::<Uuid>("", "id")?);
+            }
         }
         for outcome in &mut outcomes {
             if let Ok(id) = outcome
@@ -486,8 +632,127 @@ impl UserStore {
             transaction.rollback().await?;
             return Err(error);
         }
-        transaction.commit().await?;
-        Ok(outcomes)
+        Ok(Attempt::Open { transaction: Some(transaction), outcomes, rows_written: 0 })
+    }
+
+    /// Commits a write made without a key.
+    async fn commit_unkeyed<T>(&self, attempt: Attempt<T>) -> Result<Vec<ItemOutcome<T>>, VpnUsersError> {
+        match attempt {
+            Attempt::Open { transaction, outcomes, rows_written } => {
+                if let Some(transaction) = transaction {
+                    transaction.commit().await?;
+                }
+                self.note_rows_written(rows_written);
+                Ok(outcomes)
+            }
+            Attempt::Replayed(_) => unreachable!("only a claimed key replays"),
+        }
+    }
+
+    /// Stores the response with the key, then commits, so both are kept or
+    /// neither is.
+    async fn commit_keyed<T, R>(
+        &self,
+        attempt: Attempt<T>,
+        claim: IdempotencyClaim<'_>,
+        respond: impl FnOnce(Vec<ItemOutcome<T>>) -> (R, Vec<u8>),
+    ) -> Result<Written<R>, VpnUsersError> {
+        match attempt {
+            Attempt::Open { transaction, outcomes, rows_written } => {
+                let transaction = transaction.expect("a keyed write always opens a transaction");
+                let (response, encoded) = respond(outcomes);
+                let update = Query::update()
+                    .table(VpnUsersIdempotency::Table)
+                    .value(VpnUsersIdempotency::Response, encoded)
+                    .and_where(Expr::col(VpnUsersIdempotency::IdempotencyKey).eq(claim.key.key()))
+                    .to_owned();
+                transaction.execute(&update).await?;
+                transaction.commit().await?;
+                self.note_rows_written(rows_written);
+                Ok(Written::Done(response))
+            }
+            Attempt::Replayed(stored) => Ok(Written::Replayed(stored)),
+        }
+    }
+
+    /// Claims `claim`'s key in `transaction`: `None` when it is new (or
+    /// expired) and now held by this transaction, the stored response when it
+    /// already answered the same request, `RequestIdReused` when it answered
+    /// another. On PostgreSQL a concurrent claim of the same key waits here
+    /// for the first transaction, then sees its outcome.
+    async fn claim_key(
+        &self,
+        transaction: &DatabaseTransaction,
+        claim: IdempotencyClaim<'_>,
+        now_micros: i64,
+    ) -> Result<Option<Vec<u8>>, VpnUsersError> {
+        self.purge_expired_keys(transaction, now_micros).await?;
+        let insert = Query::insert()
+            .into_table(VpnUsersIdempotency::Table)
+            .columns([
+                VpnUsersIdempotency::IdempotencyKey,
+                VpnUsersIdempotency::RequestSha256,
+                VpnUsersIdempotency::Response,
+                VpnUsersIdempotency::ExpiresAtMicros,
+            ])
+            .values_panic([
+                claim.key.key().into(),
+                claim.key.request_sha256().to_vec().into(),
+                // Filled in by `commit_keyed` before the commit.
+                Vec::<u8>::new().into(),
+                claim.expires_at_micros.into(),
+            ])
+            .on_conflict(
+                OnConflict::column(VpnUsersIdempotency::IdempotencyKey)
+                    .update_columns([
+                        VpnUsersIdempotency::RequestSha256,
+                        VpnUsersIdempotency::Response,
+                        VpnUsersIdempotency::ExpiresAtMicros,
+                    ])
+                    // Only an expired key is taken over.
+                    .action_and_where(
+                        Expr::col((VpnUsersIdempotency::Table, VpnUsersIdempotency::ExpiresAtMicros)).lte(now_micros),
+                    )
+                    .to_owned(),
+            )
+            .returning_col(VpnUsersIdempotency::IdempotencyKey)
+            .to_owned();
+        if !transaction.query_all(&insert).await?.is_empty() {
+            return Ok(None);
+        }
+        let select = Query::select()
+            .columns([VpnUsersIdempotency::RequestSha256, VpnUsersIdempotency::Response])
+            .from(VpnUsersIdempotency::Table)
+            .and_where(Expr::col(VpnUsersIdempotency::IdempotencyKey).eq(claim.key.key()))
+            .to_owned();
+        let row = transaction.query_one(&select).await?.ok_or_else(|| VpnUsersError::CorruptRow {
+            reason: "idempotency key neither inserted nor found".to_owned(),
+        })?;
+        let stored_sha256: Vec<u8> = row.try_get("", "request_sha256")?;
+        if stored_sha256.as_slice() != claim.key.request_sha256() {
+            return Err(VpnUsersError::RequestIdReused);
+        }
+        Ok(Some(row.try_get("", "response")?))
+    }
+
+    /// Deletes expired keys, at most once per [`KEY_PURGE_INTERVAL_MICROS`]
+    /// (a claim of an expired key takes it over anyway; this bounds the table).
+    async fn purge_expired_keys(&self, transaction: &DatabaseTransaction, now_micros: i64) -> Result<(), DbErr> {
+        let due = self.next_key_purge_micros.load(Ordering::Relaxed);
+        if now_micros < due
+            || self
+                .next_key_purge_micros
+                .compare_exchange(due, now_micros + KEY_PURGE_INTERVAL_MICROS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let delete = Query::delete()
+            .from_table(VpnUsersIdempotency::Table)
+            .and_where(Expr::col(VpnUsersIdempotency::ExpiresAtMicros).lte(now_micros))
+            .to_owned();
+        transaction.execute(&delete).await?;
+        Ok(())
     }
 
     /// Reads users by id in one query; unknown ids are absent from the map.
@@ -939,9 +1204,12 @@ impl UserStore {
                     .and_where(Expr::col(vpn_user::Column::Id).is_in(unique_ids.iter().copied()))
                     .returning_col(vpn_user::Column::Id);
                 let mut changed_ids = Vec::with_capacity(unique_ids.len());
-                for row in self.db.query_all(&update).await? {
+                // A transaction of its own only for `begin_write`'s settings.
+                let transaction = self.begin_write().await?;
+                for row in transaction.query_all(&update).await? {
                     changed_ids.push(row.try_get::<Uuid>("", "id")?);
                 }
+                transaction.commit().await?;
                 let changed: HashSet<Uuid> = changed_ids.iter().copied().collect();
                 let mut reported = HashSet::new();
                 let mut not_found_ids: Vec<Uuid> = Vec::new();
@@ -959,7 +1227,9 @@ impl UserStore {
                 }
                 filter.validate()?;
                 update.cond_where(filter.condition(self.backend()));
-                let result = self.db.execute(&update).await?;
+                let transaction = self.begin_write().await?;
+                let result = transaction.execute(&update).await?;
+                transaction.commit().await?;
                 self.note_rows_written(result.rows_affected());
                 Ok(SetStatusOutcome { affected_count: result.rows_affected(), ..SetStatusOutcome::default() })
             }

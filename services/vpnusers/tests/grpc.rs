@@ -115,7 +115,11 @@ async fn batches_and_bad_input_over_grpc(db: &TestDb) {
         pb::NewUser { email: "nope".into(), ..new_user("carol") },
     ];
     let response = client
-        .create_users(pb::CreateUsersRequest { users: batch.clone(), mode: pb::BatchMode::PerItem.into() })
+        .create_users(pb::CreateUsersRequest {
+            users: batch.clone(),
+            mode: pb::BatchMode::PerItem.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -129,6 +133,7 @@ async fn batches_and_bad_input_over_grpc(db: &TestDb) {
     let mut request = Request::new(pb::CreateUsersRequest {
         users: vec![new_user("dave"), new_user("alice")],
         mode: pb::BatchMode::AllOrNothing.into(),
+        ..Default::default()
     });
     request.metadata_mut().insert("x-correlation-id", "vpn-test-1".parse().unwrap());
     let status = expect_error(client.create_users(request).await, Code::AlreadyExists, "USERNAME_TAKEN");
@@ -143,7 +148,7 @@ async fn batches_and_bad_input_over_grpc(db: &TestDb) {
     // A batch over the limit names the limit and the field.
     let too_many: Vec<pb::NewUser> = (0..101).map(|i| new_user(&format!("u{i}"))).collect();
     let status = expect_error(
-        client.create_users(pb::CreateUsersRequest { users: too_many, mode: 0 }).await,
+        client.create_users(pb::CreateUsersRequest { users: too_many, ..Default::default() }).await,
         Code::InvalidArgument,
         "BATCH_TOO_LARGE",
     );
@@ -183,8 +188,11 @@ async fn batches_and_bad_input_over_grpc(db: &TestDb) {
         }),
         update_mask: Some(prost_types::FieldMask { paths: vec!["traffic_used_bytes".into(), "status".into()] }),
     };
-    let response =
-        client.update_users(pb::UpdateUsersRequest { updates: vec![update], mode: 0 }).await.unwrap().into_inner();
+    let response = client
+        .update_users(pb::UpdateUsersRequest { updates: vec![update], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let updated = response.results[0].user.clone().unwrap();
     assert_eq!(
         (updated.traffic_used_bytes, updated.status(), updated.note.as_str()),
@@ -198,7 +206,8 @@ async fn lists_search_status_and_export_over_grpc(db: &TestDb) {
     let server = RunningServer::vpnusers(db.config_source()).await;
     let mut client = vpnusers_client(&server).await;
     let users = vec![new_user("alice"), new_user("bob")];
-    let response = client.create_users(pb::CreateUsersRequest { users, mode: 0 }).await.unwrap().into_inner();
+    let response =
+        client.create_users(pb::CreateUsersRequest { users, ..Default::default() }).await.unwrap().into_inner();
     let alice = response.results[0].user.clone().unwrap();
     let suspend = pb::set_status_request::Selector::Ids(pb::UserIds { ids: vec![alice.id.clone()] });
     client
@@ -305,7 +314,84 @@ async fn lists_search_status_and_export_over_grpc(db: &TestDb) {
     server.stop().await;
 }
 
-on_both_backends!(batches_and_bad_input_over_grpc, lists_search_status_and_export_over_grpc);
+async fn retries_with_a_request_id_write_once_over_grpc(db: &TestDb) {
+    let server = RunningServer::vpnusers(db.config_source()).await;
+    let mut client = vpnusers_client(&server).await;
+    let create = pb::CreateUsersRequest {
+        users: vec![new_user("ivy"), new_user("jack")],
+        mode: pb::BatchMode::PerItem.into(),
+        request_id: "create-1".into(),
+    };
+    let first = client.create_users(create.clone()).await.unwrap().into_inner();
+    assert_eq!(first.created_count, 2);
+    // The retry is answered with the first response (same ids, same instants),
+    // not with USERNAME_TAKEN, and writes nothing.
+    let retried = client.create_users(create.clone()).await.unwrap().into_inner();
+    assert_eq!(retried, first);
+    let everyone = pb::ListUsersRequest { include_total_size: true, ..pb::ListUsersRequest::default() };
+    assert_eq!(client.list_users(everyone.clone()).await.unwrap().into_inner().total_size, 2);
+
+    // The key with another request, or on another RPC, is refused naming the field.
+    let other_request = pb::CreateUsersRequest { users: vec![new_user("kate")], ..create.clone() };
+    let status = expect_error(client.create_users(other_request).await, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+    assert!(status.message().contains("request_id"), "{}", status.message());
+    let ivy_id = first.results[0].user.as_ref().unwrap().id.clone();
+    let delete_with_create_key =
+        pb::DeleteUsersRequest { ids: vec![ivy_id.clone()], mode: 0, request_id: "create-1".into() };
+    expect_error(client.delete_users(delete_with_create_key).await, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+    let status = expect_error(
+        client.create_users(pb::CreateUsersRequest { request_id: "has space".into(), ..create.clone() }).await,
+        Code::InvalidArgument,
+        "INVALID_REQUEST_ID",
+    );
+    assert_eq!(status.get_error_details().bad_request().unwrap().field_violations[0].field, "request_id");
+
+    // A delete retried after it succeeded reports the deletion again, not NOT_FOUND.
+    let delete = pb::DeleteUsersRequest { ids: vec![ivy_id.clone()], mode: 0, request_id: "delete-1".into() };
+    let deleted = client.delete_users(delete.clone()).await.unwrap().into_inner();
+    assert_eq!(deleted.deleted_count, 1);
+    assert_eq!(client.delete_users(delete).await.unwrap().into_inner(), deleted);
+
+    // An update retried returns the first result; `updated_at` proves it was not applied twice.
+    let jack = first.results[1].user.clone().unwrap();
+    let update = pb::UpdateUsersRequest {
+        updates: vec![pb::UserUpdate {
+            id: jack.id.clone(),
+            user: Some(pb::User { note: "annual plan".into(), ..pb::User::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["note".into()] }),
+        }],
+        mode: 0,
+        request_id: "update-1".into(),
+    };
+    let updated = client.update_users(update.clone()).await.unwrap().into_inner();
+    assert_eq!(updated.results[0].user.as_ref().unwrap().note, "annual plan");
+    assert_eq!(client.update_users(update).await.unwrap().into_inner(), updated);
+    let stored = client.get_user(pb::GetUserRequest { id: jack.id }).await.unwrap().into_inner().user.unwrap();
+    assert_eq!(stored.updated_at, updated.results[0].user.as_ref().unwrap().updated_at);
+
+    // A call refused as a whole stores nothing: the same key may carry the fixed request.
+    let refused = pb::CreateUsersRequest {
+        users: vec![new_user("liam"), new_user("jack")],
+        mode: pb::BatchMode::AllOrNothing.into(),
+        request_id: "create-2".into(),
+    };
+    expect_error(client.create_users(refused).await, Code::AlreadyExists, "USERNAME_TAKEN");
+    let fixed = pb::CreateUsersRequest {
+        users: vec![new_user("liam")],
+        mode: pb::BatchMode::AllOrNothing.into(),
+        request_id: "create-2".into(),
+    };
+    assert_eq!(client.create_users(fixed).await.unwrap().into_inner().created_count, 1);
+    assert_eq!(client.list_users(everyone).await.unwrap().into_inner().total_size, 2, "jack and liam");
+
+    server.stop().await;
+}
+
+on_both_backends!(
+    batches_and_bad_input_over_grpc,
+    lists_search_status_and_export_over_grpc,
+    retries_with_a_request_id_write_once_over_grpc
+);
 
 // === cache-aside ===
 
@@ -328,7 +414,11 @@ async fn reads_go_through_the_cache_and_writes_invalidate_it() {
     let mut cache = CacheClient::connect(cache_server.endpoint()).await.unwrap();
 
     let created = client
-        .create_users(pb::CreateUsersRequest { users: vec![new_user("erin"), new_user("frank")], mode: 0 })
+        .create_users(pb::CreateUsersRequest {
+            users: vec![new_user("erin"), new_user("frank")],
+            mode: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -355,7 +445,7 @@ async fn reads_go_through_the_cache_and_writes_invalidate_it() {
         user: Some(pb::User { note: "moved to the annual plan".into(), ..pb::User::default() }),
         update_mask: Some(prost_types::FieldMask { paths: vec!["note".into()] }),
     };
-    client.update_users(pb::UpdateUsersRequest { updates: vec![update], mode: 0 }).await.unwrap();
+    client.update_users(pb::UpdateUsersRequest { updates: vec![update], ..Default::default() }).await.unwrap();
     assert!(!cached(&mut cache, &ids[0]).await, "the update dropped the cached copy");
     assert!(cached(&mut cache, &ids[1]).await, "other users stay cached");
     let reread = client.get_user(pb::GetUserRequest { id: ids[0].clone() }).await.unwrap().into_inner().user.unwrap();
@@ -376,7 +466,7 @@ async fn reads_go_through_the_cache_and_writes_invalidate_it() {
 
     // A delete drops the cached copy too.
     client.get_user(pb::GetUserRequest { id: ids[1].clone() }).await.unwrap();
-    client.delete_users(pb::DeleteUsersRequest { ids: vec![ids[1].clone()], mode: 0 }).await.unwrap();
+    client.delete_users(pb::DeleteUsersRequest { ids: vec![ids[1].clone()], ..Default::default() }).await.unwrap();
     assert!(!cached(&mut cache, &ids[1]).await);
     expect_error(client.get_user(pb::GetUserRequest { id: ids[1].clone() }).await, Code::NotFound, "USER_NOT_FOUND");
 
@@ -394,7 +484,7 @@ async fn a_cache_that_is_down_costs_nothing_but_a_counter() {
     let mut client = vpnusers_client(&server).await;
 
     let created = client
-        .create_users(pb::CreateUsersRequest { users: vec![new_user("gina")], mode: 0 })
+        .create_users(pb::CreateUsersRequest { users: vec![new_user("gina")], ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -421,7 +511,7 @@ async fn reads_survive_the_cache_going_away() {
     let server = RunningServer::vpnusers(source).await;
     let mut client = vpnusers_client(&server).await;
     let created = client
-        .create_users(pb::CreateUsersRequest { users: vec![new_user("hank")], mode: 0 })
+        .create_users(pb::CreateUsersRequest { users: vec![new_user("hank")], ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -438,7 +528,7 @@ async fn reads_survive_the_cache_going_away() {
         user: Some(pb::User { note: "written while the cache was down".into(), ..pb::User::default() }),
         update_mask: Some(prost_types::FieldMask { paths: vec!["note".into()] }),
     };
-    client.update_users(pb::UpdateUsersRequest { updates: vec![update], mode: 0 }).await.unwrap();
+    client.update_users(pb::UpdateUsersRequest { updates: vec![update], ..Default::default() }).await.unwrap();
     let user = client.get_user(pb::GetUserRequest { id }).await.unwrap().into_inner().user.unwrap();
     assert_eq!(user.note, "written while the cache was down");
     assert!(cache_stats(&mut client).await.failures >= 1);

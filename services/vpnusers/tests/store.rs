@@ -11,8 +11,12 @@ mod support;
 use std::collections::HashSet;
 
 use mesh_vpnusers::filter::{ByteRange, InstantRange, SortDirection, SortField};
+use mesh_vpnusers::idempotency::IdempotencyClaim;
 use mesh_vpnusers::store::{ListQuery, StatusSelector};
-use mesh_vpnusers::{BatchMode, NewUser, UserDirectory, UserFilter, UserPatch, UserSort, UserStatus, VpnProtocol};
+use mesh_vpnusers::{
+    BatchMode, IdempotencyKey, NewUser, UserDirectory, UserFilter, UserPatch, UserSort, UserStatus, UserStore,
+    VpnProtocol, Written,
+};
 use support::TestDb;
 use uuid::Uuid;
 
@@ -376,7 +380,85 @@ async fn usernames_sort_in_byte_order_on_both(db: &TestDb) {
     assert_eq!(names, ["0day", "Bob", "Zed", "alice", "bob"], "{}", db.backend_name);
 }
 
+/// A keyed create whose "response" is the created ids in order, encoded as text.
+async fn keyed_create(
+    store: &UserStore,
+    key: &IdempotencyKey,
+    expires_at_micros: i64,
+    names: &[&str],
+) -> Result<Written<String>, mesh_vpnusers::VpnUsersError> {
+    let users = names.iter().map(|name| NewUser::new(*name, format!("{name}@example.com"))).collect();
+    let claim = IdempotencyClaim { key, expires_at_micros };
+    store
+        .create_users_keyed(users, BatchMode::PerItem, claim, |outcomes| {
+            let ids: Vec<String> = outcomes
+                .iter()
+                .map(|outcome| outcome.as_ref().map_or("refused".to_owned(), |user| user.id.to_string()))
+                .collect();
+            let response = ids.join(",");
+            let encoded = response.clone().into_bytes();
+            (response, encoded)
+        })
+        .await
+}
+
+fn replayed_text(written: Written<String>) -> String {
+    match written {
+        Written::Replayed(encoded) => String::from_utf8(encoded).unwrap(),
+        Written::Done(response) => panic!("expected a replay, the write ran again: {response}"),
+    }
+}
+
+async fn idempotency_keys_persist_and_expire(db: &TestDb) {
+    let store = db.store().await;
+    let tomorrow = mesh_vpnusers::model::now_micros() + 86_400_000_000;
+    let key = IdempotencyKey::parse("k-1".into(), "CreateUsers", b"mia").unwrap().unwrap();
+    let Written::Done(first) = keyed_create(&store, &key, tomorrow, &["mia"]).await.unwrap() else {
+        panic!("a new key writes");
+    };
+    // The key lives in the database: a reopened store still answers the retry.
+    drop(store);
+    let store = db.store().await;
+    assert_eq!(replayed_text(keyed_create(&store, &key, tomorrow, &["mia"]).await.unwrap()), first);
+    let other = IdempotencyKey::parse("k-1".into(), "CreateUsers", b"noah").unwrap().unwrap();
+    let error = keyed_create(&store, &other, tomorrow, &["noah"]).await.unwrap_err();
+    assert_eq!(error.reason(), "REQUEST_ID_REUSED");
+
+    // An expired key is forgotten: the same key carries a new request.
+    let expired = IdempotencyKey::parse("k-2".into(), "CreateUsers", b"olga").unwrap().unwrap();
+    let past = mesh_vpnusers::model::now_micros() - 1;
+    assert!(matches!(keyed_create(&store, &expired, past, &["olga"]).await.unwrap(), Written::Done(_)));
+    let reused = IdempotencyKey::parse("k-2".into(), "CreateUsers", b"pete").unwrap().unwrap();
+    assert!(matches!(keyed_create(&store, &reused, tomorrow, &["pete"]).await.unwrap(), Written::Done(_)));
+    assert_eq!(store.count(&UserFilter::default()).await.unwrap(), 3, "mia, olga and pete, each once");
+}
+
+async fn concurrent_retries_write_once(db: &TestDb) {
+    let store = db.store().await;
+    let tomorrow = mesh_vpnusers::model::now_micros() + 86_400_000_000;
+    let key = IdempotencyKey::parse("race".into(), "CreateUsers", b"batch").unwrap().unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("racer{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Two identical calls at once (a client retrying before the first answered):
+    // one writes, the other waits for it and replays its response.
+    let (left, right) =
+        tokio::join!(keyed_create(&store, &key, tomorrow, &names), keyed_create(&store, &key, tomorrow, &names));
+    let texts: Vec<(bool, String)> = [left.unwrap(), right.unwrap()]
+        .into_iter()
+        .map(|written| match written {
+            Written::Done(response) => (true, response),
+            Written::Replayed(encoded) => (false, String::from_utf8(encoded).unwrap()),
+        })
+        .collect();
+    assert_eq!(texts.iter().filter(|(done, _)| *done).count(), 1, "{}: exactly one call wrote", db.backend_name);
+    assert_eq!(texts[0].1, texts[1].1, "both callers see the same response");
+    assert!(!texts[0].1.contains("refused"));
+    assert_eq!(store.count(&UserFilter::default()).await.unwrap(), 50);
+}
+
 on_both_backends!(
+    idempotency_keys_persist_and_expire,
+    concurrent_retries_write_once,
     usernames_sort_in_byte_order_on_both,
     create_then_read_back,
     duplicate_usernames_per_item_and_all_or_nothing,
