@@ -53,6 +53,12 @@ pub struct DockerConfig {
     /// How long one engine call may take, on top of its stop timeout.
     #[serde(with = "duration_secs")]
     pub request_timeout: Duration,
+    /// How long a container's live stats feed runs after the last `GetStats`
+    /// that asked about it, in seconds; 0 turns feeds off (every call samples).
+    #[serde(with = "duration_secs")]
+    pub stats_feed_idle: Duration,
+    /// Most live stats feeds at once; containers beyond it are sampled per call.
+    pub max_stats_feeds: usize,
 }
 
 impl Default for DockerConfig {
@@ -69,6 +75,8 @@ impl Default for DockerConfig {
             default_cpu_sample_window: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            stats_feed_idle: Duration::from_secs(60),
+            max_stats_feeds: 256,
         }
     }
 }
@@ -139,6 +147,7 @@ impl ServiceConfig for DockerConfig {
             self.max_concurrent_cap.max(1),
         );
         ConfigProblem::check_range(&mut problems, "max_batch_size", self.max_batch_size, 1, 10_000);
+        ConfigProblem::check_range(&mut problems, "max_stats_feeds", self.max_stats_feeds, 0, 10_000);
         if self.max_stop_timeout > Duration::from_secs(3600) {
             problems.push(ConfigProblem::new("max_stop_timeout", "must be at most 3600s"));
         }

@@ -18,6 +18,7 @@ use bollard::query_parameters::{
     RestartContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, Docker};
+use futures_util::future::join_all;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
@@ -30,6 +31,8 @@ use crate::container::{
 use crate::error::DockerError;
 use crate::scope::{LabelSelector, ManagementScope};
 use crate::stats::ResourceUsage;
+use crate::stats_feed::StatsFeeds;
+use crate::transport;
 
 /// Longest engine error message passed on to a caller, in bytes.
 const MAX_ENGINE_MESSAGE_BYTES: usize = 512;
@@ -142,6 +145,8 @@ pub struct DockerEngine {
     /// Set once a connection agreed on an API version; a failed attempt
     /// leaves it empty so the next call tries again.
     client: OnceCell<Docker>,
+    /// Live stats streams of recently asked-about containers.
+    stats_feeds: StatsFeeds,
 }
 
 impl DockerEngine {
@@ -155,6 +160,7 @@ impl DockerEngine {
             request_timeout: config.request_timeout,
             max_stop_timeout: config.max_stop_timeout,
             client: OnceCell::new(),
+            stats_feeds: StatsFeeds::new(config.stats_feed_idle, config.max_stats_feeds),
         })
     }
 
@@ -175,7 +181,7 @@ impl DockerEngine {
         // longest stop a caller may ask for.
         let timeout_secs = (self.request_timeout + self.max_stop_timeout).as_secs().max(1);
         let unconnected = if self.host.starts_with("unix://") {
-            Docker::connect_with_unix(&self.host, timeout_secs, API_DEFAULT_VERSION)
+            transport::connect_unix_pooled(&self.host, timeout_secs, API_DEFAULT_VERSION)
         } else {
             Docker::connect_with_http(&self.host, timeout_secs, API_DEFAULT_VERSION)
         }
@@ -347,8 +353,11 @@ impl DockerEngine {
 
     // === stats ===
 
-    /// Reads the resource use of every container, at most `max_concurrent`
-    /// at a time: one sample each, then, when `cpu_sample_window` is not
+    /// Reads the resource use of every container. Each is resolved and
+    /// scope-checked first, at most `max_concurrent` at a time. A running
+    /// container then answers from its live feed (see `stats_feed`); the
+    /// others, and every container when feeds are off or full, are sampled
+    /// one-shot: one sample each, then, when `cpu_sample_window` is not
     /// zero, a second sample of the running ones after one shared wait.
     pub async fn stats_batch(
         &self,
@@ -358,29 +367,73 @@ impl DockerEngine {
         max_concurrent: u32,
     ) -> Result<Vec<StatsOutcome>, DockerError> {
         let docker = self.client().await?;
-        let first_samples: Vec<Result<(ResolvedContainer, ContainerStatsResponse), ResolveOrSampleError>> =
-            run_bounded(ids, max_concurrent, |id| async move {
-                let resolved = match self.resolve_in_scope(docker, &id, scope).await {
-                    Ok(resolved) => resolved,
-                    Err(error) => return Err(ResolveOrSampleError { resolved: None, error }),
-                };
-                match self.sample(docker, &resolved.id).await {
-                    Ok(sample) => Ok((resolved, sample)),
-                    Err(error) => Err(ResolveOrSampleError { resolved: Some(resolved), error }),
+        let resolved: Vec<Result<ResolvedContainer, DockerError>> =
+            run_bounded(ids, max_concurrent, |id| async move { self.resolve_in_scope(docker, &id, scope).await }).await;
+
+        // Waiting on a feed costs the engine nothing, so every container waits at once.
+        let need_cpu = !cpu_sample_window.is_zero();
+        let from_feeds: Vec<Option<ResourceUsage>> = join_all(resolved.iter().map(|container| async move {
+            match container {
+                Ok(container) if container.running => {
+                    self.stats_feeds.usage(docker, &container.id, need_cpu, self.request_timeout).await
+                }
+                _ => None,
+            }
+        }))
+        .await;
+
+        let unanswered: Vec<(usize, ResolvedContainer)> = resolved
+            .iter()
+            .zip(&from_feeds)
+            .enumerate()
+            .filter_map(|(index, pair)| match pair {
+                (Ok(container), None) => Some((index, container.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut sampled = self.sample_one_shot(docker, unanswered, cpu_sample_window, max_concurrent).await;
+
+        let outcomes = resolved
+            .into_iter()
+            .zip(from_feeds)
+            .enumerate()
+            .map(|(index, (container, from_feed))| match container {
+                Err(error) => StatsOutcome { container_id: None, name: String::new(), result: Err(error) },
+                Ok(container) => {
+                    let result = match from_feed {
+                        Some(usage) => Ok(usage),
+                        None => sampled.remove(&index).unwrap_or_else(|| {
+                            Err(DockerError::Internal { reason: format!("no stats taken for `{}`", container.id) })
+                        }),
+                    };
+                    StatsOutcome { container_id: Some(container.id), name: container.name, result }
                 }
             })
-            .await;
+            .collect();
+        Ok(outcomes)
+    }
+
+    /// One-shot usage of `containers` (keyed by their index in the batch).
+    async fn sample_one_shot(
+        &self,
+        docker: &Docker,
+        containers: Vec<(usize, ResolvedContainer)>,
+        cpu_sample_window: Duration,
+        max_concurrent: u32,
+    ) -> HashMap<usize, Result<ResourceUsage, DockerError>> {
+        let first_samples = run_bounded(containers, max_concurrent, |(index, container)| async move {
+            let sample = self.sample(docker, &container.id).await;
+            (index, container, sample)
+        })
+        .await;
 
         let needs_second_sample: Vec<(usize, String)> = if cpu_sample_window.is_zero() {
             Vec::new()
         } else {
             first_samples
                 .iter()
-                .enumerate()
-                .filter_map(|(index, sample)| match sample {
-                    Ok((resolved, _)) if resolved.running => Some((index, resolved.id.clone())),
-                    _ => None,
-                })
+                .filter(|(_, container, sample)| container.running && sample.is_ok())
+                .map(|(index, container, _)| (*index, container.id.clone()))
                 .collect()
         };
         let mut second_samples: HashMap<usize, Result<ContainerStatsResponse, DockerError>> = HashMap::new();
@@ -393,26 +446,17 @@ impl DockerEngine {
             second_samples.extend(samples);
         }
 
-        let outcomes = first_samples
+        first_samples
             .into_iter()
-            .enumerate()
-            .map(|(index, first)| match first {
-                Err(ResolveOrSampleError { resolved, error }) => StatsOutcome {
-                    container_id: resolved.as_ref().map(|r| r.id.clone()),
-                    name: resolved.map(|r| r.name).unwrap_or_default(),
-                    result: Err(error),
-                },
-                Ok((resolved, first)) => {
-                    let result = match second_samples.remove(&index) {
-                        Some(Ok(second)) => Ok(ResourceUsage::from_samples(Some(&first), &second)),
-                        Some(Err(error)) => Err(error),
-                        None => Ok(ResourceUsage::from_samples(None, &first)),
-                    };
-                    StatsOutcome { container_id: Some(resolved.id), name: resolved.name, result }
-                }
+            .map(|(index, _, first)| {
+                let usage = first.and_then(|first| match second_samples.remove(&index) {
+                    Some(Ok(second)) => Ok(ResourceUsage::from_samples(Some(&first), &second)),
+                    Some(Err(error)) => Err(error),
+                    None => Ok(ResourceUsage::from_samples(None, &first)),
+                });
+                (index, usage)
             })
-            .collect();
-        Ok(outcomes)
+            .collect()
     }
 
     /// One sample, without the engine's own wait for a second one.
@@ -531,12 +575,6 @@ impl DockerEngine {
             managed_container_count,
         }
     }
-}
-
-/// A failed resolution or first sample, keeping what was resolved.
-struct ResolveOrSampleError {
-    resolved: Option<ResolvedContainer>,
-    error: DockerError,
 }
 
 /// The engine's create body for `spec`, with the scope's labels added.

@@ -11,6 +11,8 @@
 //! - [`batch`]: bounded concurrency with results in request order.
 //! - [`container`]: ids, states, summaries and [`ContainerSpec`] checks.
 //! - [`stats`]: [`ResourceUsage`] from engine samples, as `docker stats` computes it.
+//! - `stats_feed`: live stats streams that answer repeated `GetStats` at once.
+//! - `transport`: the engine's unix-socket transport with pooled connections.
 //! - [`config`]: [`DockerConfig`], the service's settings.
 //! - [`error`]: [`DockerError`] with its reason and offending field.
 //! - [`grpc`]: [`DockerOpsGrpc`], the `mesh.docker.v1.DockerOps` adapter.
@@ -25,6 +27,8 @@ pub mod error;
 pub mod grpc;
 pub mod scope;
 pub mod stats;
+mod stats_feed;
+mod transport;
 
 use std::time::Duration;
 

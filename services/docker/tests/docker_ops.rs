@@ -134,6 +134,42 @@ async fn stats_of_twenty_containers_are_read_in_parallel() {
         .expect("single-sample stats")
         .into_inner();
     assert!(single.stats.iter().all(|s| s.cpu_percent.is_none() && s.memory_usage_bytes > 0));
+
+    // Asked again, running containers answer from their live feeds: with CPU,
+    // from samples the engine took after the first call's.
+    let again = mesh
+        .client
+        .get_stats(pb::GetStatsRequest { container_ids: ids.clone(), max_concurrent: 10, cpu_sample_window: None })
+        .await
+        .expect("stats again")
+        .into_inner();
+    for (first, second) in response.stats.iter().zip(&again.stats) {
+        assert_ok(second.result.as_ref());
+        assert!(second.cpu_percent.is_some());
+        assert!(second.read_time.as_ref().map(|t| t.seconds) >= first.read_time.as_ref().map(|t| t.seconds));
+    }
+
+    // A stopped container's feed ends; it is sampled one-shot, without CPU.
+    let stopped = mesh
+        .client
+        .stop_containers(pb::StopContainersRequest {
+            container_ids: ids[..1].to_vec(),
+            max_concurrent: 1,
+            stop_timeout: Some(seconds(2)),
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    stopped.results.iter().for_each(|r| assert_ok(r.result.as_ref()));
+    let after_stop = mesh
+        .client
+        .get_stats(pb::GetStatsRequest { container_ids: ids[..1].to_vec(), max_concurrent: 1, cpu_sample_window: None })
+        .await
+        .expect("stats of a stopped container")
+        .into_inner();
+    assert_ok(after_stop.stats[0].result.as_ref());
+    assert_eq!(after_stop.stats[0].cpu_percent, None);
+    assert_eq!(after_stop.stats[0].pids, 0, "nothing runs in a stopped container");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
