@@ -49,14 +49,45 @@ impl Collector {
         join_all(probes).await
     }
 
+    /// Takes a gzipped pprof heap profile of each of `services`
+    /// concurrently, each within `timeout`; a failure is its reason.
+    pub async fn heap_profiles(
+        &self,
+        services: &[String],
+        timeout: Duration,
+    ) -> Vec<(String, Result<Vec<u8>, String>)> {
+        let profiles =
+            self.clients.iter().filter(|(name, _)| services.contains(name)).map(|(name, client)| async move {
+                let mut client = client.clone();
+                let mut request = tonic::Request::new(pb::HeapProfileRequest {});
+                request.set_timeout(timeout);
+                let outcome = answer_within(timeout, "no heap profile", client.heap_profile(request)).await;
+                (name.clone(), outcome.map(|profile| profile.pprof_gzip))
+            });
+        join_all(profiles).await
+    }
+
     async fn probe_one(&self, mut client: MemoryIntrospectionClient<MeshChannel>) -> Probe {
         let mut request = tonic::Request::new(pb::GetMemoryStatsRequest {});
         request.set_timeout(self.probe_timeout);
-        match tokio::time::timeout(self.probe_timeout, client.get_memory_stats(request)).await {
-            Err(_elapsed) => Probe::Unreachable { reason: format!("no answer within {:?}", self.probe_timeout) },
-            Ok(Err(status)) => Probe::Unreachable { reason: format!("{:?}: {}", status.code(), status.message()) },
-            Ok(Ok(response)) => reading_from_wire(response.into_inner()),
+        match answer_within(self.probe_timeout, "no answer", client.get_memory_stats(request)).await {
+            Ok(response) => reading_from_wire(response),
+            Err(reason) => Probe::Unreachable { reason },
         }
+    }
+}
+
+/// The answer of `call` within `timeout`, or why there is none: `"<silence>
+/// within <timeout>"` or the status's code and message.
+async fn answer_within<T>(
+    timeout: Duration,
+    silence: &str,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_elapsed) => Err(format!("{silence} within {timeout:?}")),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Ok(Ok(response)) => Ok(response.into_inner()),
     }
 }
 

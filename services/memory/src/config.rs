@@ -44,6 +44,11 @@ pub struct MemoryProfilerConfig {
     pub critical_usage_ratio: f64,
     /// Consumers listed in a report.
     pub top_consumers: usize,
+    /// How long taking and symbolizing one service's heap profile may take, in seconds.
+    #[serde(with = "duration_secs")]
+    pub heap_profile_timeout: Duration,
+    /// Functions listed per service when a report includes heap profiles.
+    pub top_frames: usize,
 }
 
 impl Default for MemoryProfilerConfig {
@@ -60,6 +65,8 @@ impl Default for MemoryProfilerConfig {
             high_usage_ratio: 0.8,
             critical_usage_ratio: 0.95,
             top_consumers: 10,
+            heap_profile_timeout: Duration::from_secs(30),
+            top_frames: 10,
         }
     }
 }
@@ -112,6 +119,10 @@ impl ServiceConfig for MemoryProfilerConfig {
             problems.push(ConfigProblem::new("high_usage_ratio", "must not exceed critical_usage_ratio"));
         }
         ConfigProblem::check_range(&mut problems, "top_consumers", self.top_consumers, 1, 1000);
+        ConfigProblem::check_range(&mut problems, "top_frames", self.top_frames, 1, 1000);
+        if self.heap_profile_timeout < Duration::from_millis(100) {
+            problems.push(ConfigProblem::new("heap_profile_timeout", "must be at least 0.1s"));
+        }
         problems
     }
 }

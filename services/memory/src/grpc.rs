@@ -169,6 +169,16 @@ fn service_report_to_wire(report: &ServiceReport) -> pb::ServiceReport {
         latest_snapshot: report.latest.as_ref().map(snapshot_to_wire),
         snapshot_count: u32::try_from(report.snapshot_count).unwrap_or(u32::MAX),
         limit_usage_ratio: report.limit_usage_ratio.unwrap_or(0.0),
+        top_frames: report
+            .top_frames
+            .iter()
+            .map(|frame| pb::HeapFrame {
+                function: frame.function.clone(),
+                self_bytes: frame.self_bytes,
+                total_bytes: frame.total_bytes,
+            })
+            .collect(),
+        heap_profile_error: report.heap_profile_error.clone().unwrap_or_default(),
     }
 }
 
@@ -300,7 +310,13 @@ impl MemoryProfiler for MemoryProfilerGrpc {
         &self,
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::GetReportResponse>, Status> {
-        let report = self.profiler.report(&request.into_inner().services).map_err(|e| status(&e))?;
+        let request = request.into_inner();
+        let report = if request.include_heap_profiles {
+            self.profiler.report_with_heap_profiles(&request.services).await
+        } else {
+            self.profiler.report(&request.services)
+        }
+        .map_err(|e| status(&e))?;
         Ok(Response::new(pb::GetReportResponse { report: Some(report_to_wire(&report)) }))
     }
 

@@ -9,6 +9,7 @@
 //! - [`snapshot`]: [`Snapshot`] and [`SnapshotHistory`], the kept snapshots.
 //! - [`leak`]: leaks over time and the alerts they raise.
 //! - [`report`]: health, top consumers and recommendations; pure.
+//! - [`heap`]: top frames of a pprof heap profile; pure.
 //! - [`profiler`]: [`Profiler`], the schedule and the state behind every RPC.
 //! - [`collector`]: probes the targets (outbound gRPC).
 //! - [`target`], [`config`]: [`MemoryProfilerConfig`] and its target list.
@@ -21,6 +22,7 @@ pub mod collector;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod heap;
 pub mod leak;
 pub mod profiler;
 pub mod report;

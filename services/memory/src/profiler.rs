@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 use crate::collector::Collector;
 use crate::config::MemoryProfilerConfig;
 use crate::error::MemoryProfilerError;
+use crate::heap;
 use crate::leak::{AlertKind, Leak, LeakAlert, LeakTracker, find_leaks};
-use crate::report::{MemoryReport, ReportSettings, ServiceState, build_report};
+use crate::report::{MemoryReport, ReportSettings, ServiceState, add_leak_site_recommendations, build_report};
 use crate::snapshot::{Probe, SeriesDelta, Snapshot, SnapshotHistory, compare};
 
 /// Alerts buffered for a slow `WatchAlerts` stream before it misses some.
@@ -200,6 +201,24 @@ impl Profiler {
             top_consumers: self.config.top_consumers,
         };
         Ok(build_report(states, leaks, &settings, SystemTime::now()))
+    }
+
+    /// The report over the named services, with the top frames of a heap
+    /// profile taken now from each of them; a service whose profile cannot
+    /// be taken (profiling off, unreachable, stripped binary) says why.
+    pub async fn report_with_heap_profiles(&self, services: &[String]) -> Result<MemoryReport, MemoryProfilerError> {
+        let mut report = self.report(services)?;
+        let names: Vec<String> = report.services.iter().map(|s| s.service.clone()).collect();
+        let profiles = self.collector.heap_profiles(&names, self.config.heap_profile_timeout).await;
+        for (service, outcome) in profiles {
+            let Some(entry) = report.services.iter_mut().find(|s| s.service == service) else { continue };
+            match outcome.and_then(|gz| heap::top_frames(&gz, self.config.top_frames).map_err(|e| e.to_string())) {
+                Ok(frames) => entry.top_frames = frames,
+                Err(reason) => entry.heap_profile_error = Some(reason),
+            }
+        }
+        add_leak_site_recommendations(&mut report);
+        Ok(report)
     }
 
     /// Compares two kept snapshots of the same service.

@@ -5,6 +5,7 @@
 
 use std::time::SystemTime;
 
+use crate::heap::HeapFrame;
 use crate::leak::Leak;
 use crate::snapshot::{MemoryReading, Probe, Snapshot};
 use crate::trend::LeakSeverity;
@@ -66,6 +67,10 @@ pub struct ServiceReport {
     pub snapshot_count: usize,
     /// Resident bytes over the limit, when known.
     pub limit_usage_ratio: Option<f64>,
+    /// The functions holding the most live heap, when a heap profile was taken.
+    pub top_frames: Vec<HeapFrame>,
+    /// Why a heap profile asked for could not be read.
+    pub heap_profile_error: Option<String>,
 }
 
 /// One service or part, ranked by memory.
@@ -247,6 +252,8 @@ pub fn build_report(
             latest: state.latest,
             snapshot_count: state.snapshot_count,
             limit_usage_ratio,
+            top_frames: Vec::new(),
+            heap_profile_error: None,
         });
     }
 
@@ -256,6 +263,23 @@ pub fn build_report(
     let recommendations =
         recommendations.critical.into_iter().chain(recommendations.urgent).chain(recommendations.advice).collect();
     MemoryReport { generated_at, health, services: reports, leaks, top_consumers: consumers, recommendations }
+}
+
+/// Points each leaking service with a heap profile at the function holding
+/// the most live bytes: where a leak grows is usually where to look.
+pub fn add_leak_site_recommendations(report: &mut MemoryReport) {
+    for service in &report.services {
+        let leaking = report.leaks.iter().any(|leak| leak.service == service.service);
+        if let (true, Some(frame)) = (leaking, service.top_frames.first()) {
+            report.recommendations.push(format!(
+                "{}: the largest live allocation site is {} ({} allocated there, {} below it); look there for the leak",
+                service.service,
+                frame.function,
+                mib_u64(frame.self_bytes),
+                mib_u64(frame.total_bytes)
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
