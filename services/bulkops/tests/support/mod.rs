@@ -1,0 +1,287 @@
+//! The world a BulkOps test runs in, all real: the Virtualmin simulator over
+//! HTTP, the VirtualminGateway service in front of it, and BulkOps on a fresh
+//! SQLite file or a fresh PostgreSQL database (on the server named by
+//! `MESH_TEST_POSTGRES_URL`; without it the PostgreSQL half is skipped with a
+//! note, except under CI where it fails). Jobs are awaited through WatchJob,
+//! never with a sleep.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses part of the harness
+#![allow(clippy::doc_markdown)] // product names are prose here, not code
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_kit::{CancellationToken, ConfigSource, DatabaseLocation, DatabaseUrl, Runtime, ServerSettings};
+use mesh_proto::bulkops::v1 as pb;
+use mesh_proto::bulkops::v1::bulk_ops_client::BulkOpsClient;
+use mesh_proto::virtualmin::v1 as vpb;
+use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
+use mesh_virtualmin_sim::{Simulator, SimulatorConfig};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// The variable naming a PostgreSQL role allowed to create databases.
+pub const POSTGRES_URL_VAR: &str = "MESH_TEST_POSTGRES_URL";
+/// The simulator's server id in VirtualminGateway's configuration.
+pub const SERVER: &str = "sim";
+
+/// One test's database, removed by [`TestDb::finish`].
+pub struct TestDb {
+    pub location: DatabaseLocation,
+    pub backend_name: &'static str,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A new SQLite file in a temporary directory.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let location = DatabaseLocation::SqliteFile(dir.path().join("bulkops.sqlite3"));
+        Self { location, backend_name: "sqlite", _sqlite_dir: Some(dir), postgres: None }
+    }
+
+    /// A new PostgreSQL database, or `None` when no server is configured.
+    pub async fn postgres() -> Option<Self> {
+        let source = ConfigSource::from_process();
+        let Some(admin_url) = source.var(POSTGRES_URL_VAR) else {
+            assert!(
+                source.var("CI").is_none(),
+                "{POSTGRES_URL_VAR} is not set under CI; run services/vpnusers/scripts/test-postgres"
+            );
+            eprintln!("skipping the PostgreSQL half: {POSTGRES_URL_VAR} is not set");
+            return None;
+        };
+        let name = format!("bulkops_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(admin_url).await.expect("connect to the PostgreSQL test server");
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let (base, _) = admin_url.rsplit_once('/').expect("the URL names a database");
+        Some(Self {
+            location: DatabaseLocation::Url(DatabaseUrl::new(format!("{base}/{name}"))),
+            backend_name: "postgres",
+            _sqlite_dir: None,
+            postgres: Some((admin_url.to_owned(), name)),
+        })
+    }
+
+    /// The variables pointing BulkOps at this database.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        match &self.location {
+            DatabaseLocation::SqliteFile(path) => {
+                vec![("MESH_BULKOPS_DATA_DIR".to_owned(), path.parent().unwrap().to_string_lossy().into_owned())]
+            }
+            DatabaseLocation::Url(url) => vec![("MESH_BULKOPS_DATABASE_URL".to_owned(), url.expose().to_owned())],
+        }
+    }
+
+    /// Removes the PostgreSQL database (SQLite's directory goes on drop).
+    pub async fn finish(self) {
+        if let Some((admin_url, name)) = &self.postgres {
+            let admin = Database::connect(admin_url.as_str()).await.expect("connect to the PostgreSQL test server");
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+/// The simulator and VirtualminGateway in front of it.
+pub struct Virtualmin {
+    pub simulator: Simulator,
+    /// `http://127.0.0.1:PORT` of VirtualminGateway.
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl Virtualmin {
+    /// A simulator with `domains` domains, and VirtualminGateway configured for it
+    /// with room for bulk work (no rate limit in the way, `pool` connections).
+    pub async fn start(domains: usize, pool: u32) -> Self {
+        let shutdown = CancellationToken::new();
+        let simulator = Simulator::new(SimulatorConfig { domain_count: domains, ..SimulatorConfig::default() });
+        let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_port = sim_listener.local_addr().unwrap().port();
+        tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()));
+        let config_source = ConfigSource::default()
+            .with_var(
+                "VIRTUALMIN_SERVERS",
+                format!("[{{id={SERVER},hostname=127.0.0.1,port={sim_port},scheme=http,username=root,password_env=SIM_PASSWORD}}]"),
+            )
+            .with_var("SIM_PASSWORD", "simulator")
+            .with_var("VIRTUALMIN_RATE_LIMIT_MAX_CALLS", "1000000")
+            .with_var("VIRTUALMIN_CONNECTION_POOL_SIZE", pool.to_string());
+        let url = serve(|rt| Box::pin(mesh_virtualmin::run(rt)), config_source, &shutdown).await;
+        Self { simulator, url, shutdown }
+    }
+
+    /// A VirtualminGateway client.
+    pub async fn client(&self) -> VirtualminGatewayClient<Channel> {
+        VirtualminGatewayClient::connect(self.url.clone()).await.expect("VirtualminGateway accepts connections")
+    }
+
+    /// Every domain's (name, suspended, suspension reason), in listing order.
+    pub async fn states(&self) -> Vec<(String, bool, String)> {
+        let mut client = self.client().await;
+        let mut states = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_domains(vpb::ListDomainsRequest {
+                    server_id: SERVER.into(),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("list domains")
+                .into_inner();
+            states.extend(page.domains.into_iter().map(|d| (d.name, d.suspended, d.suspension_reason)));
+            if page.next_page_token.is_empty() {
+                return states;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// How many times `program` was called with `--domain <domain>`, per domain.
+    pub fn calls_per_domain(&self, program: &str) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for call in self.simulator.call_log().into_iter().filter(|call| call.program == program) {
+            if let Some(position) = call.argv.iter().position(|arg| arg == "--domain")
+                && let Some(domain) = call.argv.get(position + 1)
+            {
+                *counts.entry(domain.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for Virtualmin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A BulkOps service in this process.
+pub struct BulkOps {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl BulkOps {
+    /// BulkOps on `db`, calling `virtualmin`, with extra variables.
+    pub async fn start(db: &TestDb, virtualmin: &Virtualmin, extra: &[(&str, &str)]) -> Self {
+        let shutdown = CancellationToken::new();
+        let mut source = ConfigSource::default()
+            .with_var("MESH_BULKOPS_VIRTUALMIN_ENDPOINT", virtualmin.url.clone())
+            .with_var("MESH_BULKOPS_POLL_INTERVAL", "0.1")
+            .with_var("MESH_BULKOPS_BACKUP_POLL_INTERVAL", "0.05");
+        for (name, value) in db.vars() {
+            source = source.with_var(name, value);
+        }
+        for (name, value) in extra {
+            source = source.with_var(*name, *value);
+        }
+        let url = serve(|rt| Box::pin(mesh_bulkops::run(rt)), source, &shutdown).await;
+        Self { url, shutdown }
+    }
+
+    /// A client.
+    pub async fn client(&self) -> BulkOpsClient<Channel> {
+        BulkOpsClient::connect(self.url.clone()).await.expect("BulkOps accepts connections")
+    }
+
+    /// Stops the service gracefully.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for BulkOps {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type Serve = fn(Runtime) -> std::pin::Pin<Box<dyn Future<Output = Result<(), mesh_kit::ServeError>> + Send>>;
+
+async fn serve(run: Serve, config_source: ConfigSource, shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address: SocketAddr = listener.local_addr().unwrap();
+    let runtime =
+        Runtime { listener, server_settings: ServerSettings::default(), config_source, shutdown: shutdown.clone() };
+    tokio::spawn(async move {
+        if let Err(error) = run(runtime).await {
+            panic!("service failed: {error}");
+        }
+    });
+    format!("http://{address}")
+}
+
+/// A suspend request over `domains` of the simulator.
+pub fn request(kind: pb::OperationKind, domains: &[String], mode: pb::BulkMode) -> pb::StartBulkOperationRequest {
+    pb::StartBulkOperationRequest {
+        kind: kind.into(),
+        target_set: Some(pb::start_bulk_operation_request::TargetSet::TargetList(pb::TargetList {
+            targets: domains
+                .iter()
+                .map(|domain| pb::Target { server_id: SERVER.into(), domain_name: domain.clone() })
+                .collect(),
+        })),
+        mode: mode.into(),
+        ..Default::default()
+    }
+}
+
+/// Watches a job to its end; returns every message's results, in order, and the final job.
+pub async fn watch_to_end(client: &mut BulkOpsClient<Channel>, job_id: &str) -> (Vec<pb::TargetResult>, pb::Job) {
+    let mut stream =
+        client.watch_job(pb::WatchJobRequest { job_id: job_id.to_owned() }).await.expect("watch").into_inner();
+    let mut results = Vec::new();
+    let mut last = None;
+    let outcome = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(message) = stream.message().await.expect("stream message") {
+            results.extend(message.results);
+            last = message.job;
+        }
+    })
+    .await;
+    outcome.expect("the job finished within two minutes");
+    (results, last.expect("at least one message"))
+}
+
+/// The `ErrorInfo` reason of a status.
+pub fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
+}
+
+/// Runs a test body against SQLite and against PostgreSQL, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestDb::sqlite();
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::support::TestDb::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
