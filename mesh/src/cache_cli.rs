@@ -230,7 +230,7 @@ async fn call(endpoint: &str, verb: CacheVerb) -> Result<Output, CallError> {
     }
 }
 
-fn report_status(status: &tonic::Status, as_json: bool) {
+pub(crate) fn report_status(status: &tonic::Status, as_json: bool) {
     let details = status.get_error_details();
     let reason = details.error_info().map(|i| i.reason.clone()).unwrap_or_default();
     let correlation_id = details

@@ -6,8 +6,12 @@
 //! # Layout
 //! - `run`: the server commands (`up`, `serve`, `gateway`).
 //! - `cache_cli`: the `mesh cache` client verbs and their output.
+//! - `bulk_cli`: `mesh bulk`, a BulkOps job with a progress bar and a summary.
+//! - `health_cli`: `mesh health`, the probe container healthchecks run.
 
+mod bulk_cli;
 mod cache_cli;
+mod health_cli;
 mod run;
 mod services;
 
@@ -48,8 +52,12 @@ enum Command {
     Gateway(GatewayArgs),
     /// Calls the Cache service through the gateway.
     Cache(cache_cli::CacheArgs),
+    /// Runs a bulk job (suspend, activate, backup, health) over domains through the gateway.
+    Bulk(bulk_cli::BulkArgs),
     /// Runs the Virtualmin simulator (remote.cgi over HTTP with a seeded data set).
     VirtualminSim(SimulatorArgs),
+    /// Checks a server's `grpc.health.v1` health: exit 0 when serving (for container healthchecks).
+    Health(health_cli::HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,7 +124,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => run::serve(args).await,
             Command::Gateway(args) => run::gateway(args).await,
             Command::Cache(args) => cache_cli::run(args).await,
+            Command::Bulk(args) => bulk_cli::run(args).await,
             Command::VirtualminSim(args) => run::virtualmin_simulator(args).await,
+            Command::Health(args) => health_cli::run(args).await,
         }
     })
 }

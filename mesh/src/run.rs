@@ -144,6 +144,11 @@ fn wire_up(source: ConfigSource, bound: &[BoundService]) -> ConfigSource {
     {
         source = source.with_var("MESH_VPNUSERS_CACHE_ENDPOINT", cache_url);
     }
+    if source.var("MESH_BULKOPS_VIRTUALMIN_ENDPOINT").is_none()
+        && let Some(virtualmin_url) = url_of(services::ServiceName::Virtualmin)
+    {
+        source = source.with_var("MESH_BULKOPS_VIRTUALMIN_ENDPOINT", virtualmin_url);
+    }
     source
 }
 

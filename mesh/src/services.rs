@@ -25,6 +25,8 @@ pub(crate) enum ServiceName {
     Docker,
     /// `mesh.memory.v1.MemoryProfiler`.
     Memory,
+    /// `mesh.bulkops.v1.BulkOps`.
+    Bulkops,
 }
 
 /// How the binary runs one service.
@@ -92,6 +94,15 @@ pub(crate) const SERVICES: &[ServiceSpec] = &[
         gateway_upstream_var: "MESH_GATEWAY_MEMORY_UPSTREAM",
         check: check::<mesh_memory::MemoryProfilerConfig>,
         run: |rt| Box::pin(mesh_memory::run(rt)),
+    },
+    ServiceSpec {
+        name: ServiceName::Bulkops,
+        label: "bulkops",
+        port_offset: 5,
+        gateway_upstream_var: "MESH_GATEWAY_BULKOPS_UPSTREAM",
+        // Through the aliases, so the seed's `VIRTUALMIN_API_BULK_TIMEOUT` is checked too.
+        check: |source| mesh_bulkops::config::load(source).map(drop),
+        run: |rt| Box::pin(mesh_bulkops::run(rt)),
     },
 ];
 

@@ -2,6 +2,7 @@
 //! the gateway's aggregated health says SERVING (never after a sleep).
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_proto::cache::v1::cache_client::CacheClient;
@@ -21,6 +22,8 @@ pub(crate) struct TestMesh {
     _data_dir: tempfile::TempDir,
     /// `127.0.0.1:PORT` of the gateway.
     pub(crate) gateway_addr: String,
+    /// Every line the child wrote to stdout, and to stderr when captured.
+    output_lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestMesh {
@@ -31,6 +34,17 @@ impl TestMesh {
 
     /// Starts the mesh with extra environment variables for the child only.
     pub(crate) async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_with_output(env, false).await
+    }
+
+    /// Starts the mesh with extra environment variables, keeping its stderr
+    /// as well as its stdout in [`TestMesh::output_lines`] (tests that read
+    /// the logs; otherwise stderr goes to the test's own).
+    pub(crate) async fn start_capturing_stderr(env: &[(&str, &str)]) -> Self {
+        Self::start_with_output(env, true).await
+    }
+
+    async fn start_with_output(env: &[(&str, &str)], capture_stderr: bool) -> Self {
         // Each mesh keeps its databases in a directory of its own, removed on drop.
         let data_dir = tempfile::tempdir().expect("a temporary data directory");
         let mut command = Command::new(env!("CARGO_BIN_EXE_mesh"));
@@ -39,13 +53,24 @@ impl TestMesh {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", "warn")
             .env("MESH_VPNUSERS_DATA_DIR", data_dir.path())
+            .env("MESH_BULKOPS_DATA_DIR", data_dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })
             .kill_on_drop(true);
         for (name, value) in env {
             command.env(name, value);
         }
         let mut child = command.spawn().expect("the mesh binary starts");
+        let output_lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let output_lines = Arc::clone(&output_lines);
+            let mut stderr_lines = BufReader::new(stderr).lines();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = stderr_lines.next_line().await {
+                    output_lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut gateway_addr, mut cache_printed) = (None, false);
@@ -53,6 +78,7 @@ impl TestMesh {
             while gateway_addr.is_none() || !cache_printed {
                 let line =
                     lines.next_line().await.expect("read stdout").expect("mesh exited before printing endpoints");
+                output_lines.lock().unwrap().push(line.clone());
                 let mut words = line.split_whitespace();
                 match (words.next(), words.next()) {
                     (Some("gateway"), Some(url)) => gateway_addr = Some(url.trim_start_matches("http://").to_owned()),
@@ -64,8 +90,13 @@ impl TestMesh {
         .await
         .expect("mesh printed its endpoints in time");
         // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mesh = Self { child, _data_dir: data_dir, gateway_addr: gateway_addr.unwrap() };
+        let stdout_lines = Arc::clone(&output_lines);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                stdout_lines.lock().unwrap().push(line);
+            }
+        });
+        let mesh = Self { child, _data_dir: data_dir, gateway_addr: gateway_addr.unwrap(), output_lines };
         mesh.wait_until_serving().await;
         mesh
     }
@@ -97,6 +128,17 @@ impl TestMesh {
     /// A Cache client through the gateway.
     pub(crate) async fn cache(&self) -> CacheClient<Channel> {
         CacheClient::new(self.channel().await)
+    }
+
+    /// The child's process id, to read its `/proc` entries.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("the mesh is running")
+    }
+
+    /// What the child wrote so far after its endpoints: stdout, and stderr
+    /// when started with [`TestMesh::start_capturing_stderr`].
+    pub(crate) fn output_lines(&self) -> Vec<String> {
+        self.output_lines.lock().unwrap().clone()
     }
 
     /// Stops the mesh with SIGTERM and waits for it to exit.

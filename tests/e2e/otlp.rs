@@ -17,8 +17,8 @@ use crate::harness::{TestMesh, with_correlation_id};
 
 /// Collects every exported span.
 #[derive(Clone, Default)]
-struct SpanSink {
-    spans: Arc<Mutex<Vec<Span>>>,
+pub(crate) struct SpanSink {
+    pub(crate) spans: Arc<Mutex<Vec<Span>>>,
 }
 
 #[tonic::async_trait]
@@ -37,7 +37,8 @@ impl TraceService for SpanSink {
     }
 }
 
-async fn start_receiver() -> (SocketAddr, SpanSink) {
+/// An OTLP/gRPC trace receiver on a free port, and what it collects.
+pub(crate) async fn start_receiver() -> (SocketAddr, SpanSink) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sink = SpanSink::default();

@@ -61,5 +61,44 @@ async fn the_memory_profiler_snapshots_every_service_of_the_mesh() {
     let taken = client.trigger_snapshot(memory::TriggerSnapshotRequest::default()).await.expect("TriggerSnapshot");
     let mut services: Vec<String> = taken.into_inner().snapshots.into_iter().map(|s| s.service).collect();
     services.sort();
-    assert_eq!(services, ["cache", "docker", "memory", "virtualmin", "vpnusers"]);
+    assert_eq!(services, ["bulkops", "cache", "docker", "memory", "virtualmin", "vpnusers"]);
+}
+
+#[tokio::test]
+async fn memory_reports_list_the_top_heap_frames_of_services_that_profile() {
+    let mesh = TestMesh::start_with_env(&[("MESH_SERVER_HEAP_PROFILING", "true")]).await;
+    // Give the cache live allocations worth ranking.
+    let mut cache = mesh.cache().await;
+    for i in 0..2000 {
+        let value = vec![u8::try_from(i % 251).unwrap(); 4096];
+        let request = mesh_proto::cache::v1::SetRequest { key: format!("heap:{i}"), value, ..Default::default() };
+        cache.set(request).await.expect("Set");
+    }
+    let mut client = MemoryProfilerClient::new(mesh.channel().await);
+    let request = memory::GetReportRequest { services: vec!["cache".into()], include_heap_profiles: true };
+    let report = client.get_report(request).await.expect("GetReport").into_inner().report.expect("a report");
+    let cache_report = &report.services[0];
+    assert_eq!(cache_report.heap_profile_error, "");
+    let top = cache_report.top_frames.first().expect("top frames from the cache's heap profile");
+    assert!(top.self_bytes > 0 && top.total_bytes >= top.self_bytes, "{top:?}");
+    assert!(
+        cache_report.top_frames.iter().all(|f| !f.function.is_empty() && !f.function.starts_with("_rjem_")),
+        "{:?}",
+        cache_report.top_frames
+    );
+}
+
+#[tokio::test]
+async fn memory_reports_say_why_a_service_has_no_heap_profile() {
+    let mesh = TestMesh::start().await;
+    let mut client = MemoryProfilerClient::new(mesh.channel().await);
+    let request = memory::GetReportRequest { services: vec!["cache".into()], include_heap_profiles: true };
+    let report = client.get_report(request).await.expect("GetReport").into_inner().report.expect("a report");
+    let cache_report = &report.services[0];
+    assert!(cache_report.top_frames.is_empty());
+    assert!(
+        cache_report.heap_profile_error.contains("MESH_SERVER_HEAP_PROFILING"),
+        "{}",
+        cache_report.heap_profile_error
+    );
 }
