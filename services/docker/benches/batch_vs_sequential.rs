@@ -8,6 +8,8 @@
 //! rounds; between start rounds the containers are stopped again (untimed).
 //! Run with `cargo bench -p mesh-docker --bench batch_vs_sequential`; under
 //! `cargo test` it does nothing, so the test suite does not time anything.
+//! Its containers and its image are removed when the harnesses drop, also
+//! when it panics (`tests/support`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# Builds `mesh-test-busybox:latest`, the image the DockerOps tests and bench
-# run, without a registry: a rootfs holding only the static busybox of
+# Builds one test image for the DockerOps tests and bench, without a
+# registry, and prints its id: a rootfs holding only the static busybox of
 # Debian's `busybox-static` package (installed with apt-get when missing),
-# `docker import`ed with a command that sleeps an hour and exits at once on
-# SIGTERM (PID 1 gets no default signal handlers, so a bare `sleep` would make
-# every stop wait for its timeout).
+# `docker import`ed under TAG with the given labels and a command that sleeps
+# an hour and exits at once on SIGTERM (PID 1 gets no default signal
+# handlers, so a bare `sleep` would make every stop wait for its timeout).
 #
-# Idempotent: does nothing when the image exists. The image is a fixture kept
-# between runs (tests running in parallel share it); `--remove` deletes it.
-# Usage: build-test-image.sh [--remove]
+# The rootfs tarball is cached at ROOTFS_TAR (under target/) and rebuilt
+# only when busybox is newer, so an image costs one `docker import`. The
+# image is not a fixture: the tests remove every image they import
+# (tests/support/image.rs), so the tarball is what is kept between runs.
+# Usage: build-test-image.sh ROOTFS_TAR TAG [LABEL=VALUE...]
 set -euo pipefail
 
-image="mesh-test-busybox:latest"
-if [ "${1:-}" = "--remove" ]; then
-    docker image rm --force "$image" >/dev/null 2>&1 || true
-    exit 0
+if [ "$#" -lt 2 ]; then
+    echo "usage: build-test-image.sh ROOTFS_TAR TAG [LABEL=VALUE...]" >&2
+    exit 64
 fi
-if docker image inspect "$image" >/dev/null 2>&1; then
-    exit 0
-fi
+rootfs_tar="$1"
+tag="$2"
+shift 2
 
 if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     echo "build-test-image: installing busybox-static (apt-get)" >&2
@@ -28,15 +29,24 @@ if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'install 
     }
 fi
 
-rootfs="$(mktemp -d)"
-trap 'rm -rf "$rootfs"' EXIT
-mkdir -p "$rootfs/bin" "$rootfs/tmp"
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in sh sleep true false cat echo ls ps kill; do
-    ln -s busybox "$rootfs/bin/$applet"
+if [ ! -s "$rootfs_tar" ] || [ /bin/busybox -nt "$rootfs_tar" ]; then
+    mkdir -p "$(dirname "$rootfs_tar")"
+    rootfs="$(mktemp -d)"
+    partial="$(mktemp "$rootfs_tar.XXXXXX")"
+    trap 'rm -rf "$rootfs" "$partial"' EXIT
+    mkdir -p "$rootfs/bin" "$rootfs/tmp"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in sh sleep true false cat echo ls ps kill; do
+        ln -s busybox "$rootfs/bin/$applet"
+    done
+    tar -C "$rootfs" -cf "$partial" .
+    # A rename is atomic: a test process racing here reads a whole tarball, old or new.
+    mv "$partial" "$rootfs_tar"
+    echo "build-test-image: cached the rootfs at $rootfs_tar" >&2
+fi
+
+changes=(--change 'CMD ["/bin/sh","-c","trap \"exit 0\" TERM; sleep 3600 & wait"]')
+for label in "$@"; do
+    changes+=(--change "LABEL $label")
 done
-# Two callers racing here both import; the second only moves the tag.
-tar -C "$rootfs" -c . | docker import \
-    --change 'CMD ["/bin/sh","-c","trap \"exit 0\" TERM; sleep 3600 & wait"]' \
-    - "$image" >/dev/null
-echo "build-test-image: built $image" >&2
+docker import "${changes[@]}" "$rootfs_tar" "$tag"

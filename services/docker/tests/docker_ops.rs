@@ -1,16 +1,17 @@
 //! `DockerOps` against the real engine of this machine: a real server on
 //! `127.0.0.1:0`, the generated client, and containers of the offline test
 //! image (`tests/build-test-image.sh`). Every container a test creates is
-//! removed when its harness drops, also when the test fails.
+//! removed when its harness drops, also when the test fails, and so is the
+//! image once no running test holds it (`support::image`); the last tests
+//! here check that.
 
 mod support;
 
 use std::time::Duration;
 
 use mesh_proto::docker::v1 as pb;
-use support::{
-    TEST_IMAGE, TestDockerOps, assert_ok, docker_cli, inspect, item_code, item_reason, labels_of, status_reason,
-};
+use support::image::{ImagePool, TestImage};
+use support::{TestDockerOps, assert_ok, docker_cli, inspect, item_code, item_reason, labels_of, status_reason};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -178,7 +179,7 @@ async fn containers_are_created_labelled_and_removed() {
     let name = format!("mesh-test-{}", mesh.namespace);
     let spec = pb::ContainerSpec {
         name: name.clone(),
-        image: TEST_IMAGE.to_owned(),
+        image: mesh.image().to_owned(),
         command: vec!["/bin/sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 600 & wait".into()],
         env: [("GREETING".to_owned(), "hello".to_owned())].into(),
         labels: [("app".to_owned(), "web".to_owned())].into(),
@@ -191,7 +192,7 @@ async fn containers_are_created_labelled_and_removed() {
     };
     let bad_image = pb::ContainerSpec { image: "mesh-test-no-such-image:1".into(), ..Default::default() };
     let reserved = pb::ContainerSpec {
-        image: TEST_IMAGE.into(),
+        image: mesh.image().into(),
         labels: [("mesh.managed".to_owned(), "false".to_owned())].into(),
         ..Default::default()
     };
@@ -340,8 +341,9 @@ async fn containers_outside_the_scope_are_refused_and_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_by_label_and_pages() {
     let mut mesh = TestDockerOps::start().await;
+    let image = mesh.image().to_owned();
     let spec = |tier: &str| pb::ContainerSpec {
-        image: TEST_IMAGE.into(),
+        image: image.clone(),
         labels: [("tier".to_owned(), tier.to_owned())].into(),
         ..Default::default()
     };
@@ -485,7 +487,76 @@ async fn events_of_managed_containers_only_are_streamed() {
         .expect("an event, not an error");
     assert_eq!(event.container_id, managed, "the unmanaged container's start, earlier, is not streamed");
     assert_eq!(event.action, "start");
-    assert_eq!(event.image, TEST_IMAGE);
+    assert_eq!(event.image, mesh.image());
     assert_eq!(event.labels["mesh.managed"], "true");
     assert!(event.event_time.is_some());
+}
+
+// === cleanup: no image or container outlives the test that made it ===
+
+/// Every image id `docker images -a` lists, in full.
+fn listed_images() -> Vec<String> {
+    docker_cli(&["images", "-aq", "--no-trunc"]).lines().map(str::to_owned).collect()
+}
+
+/// Every container id `docker ps -a` lists, in full.
+fn listed_containers() -> Vec<String> {
+    docker_cli(&["ps", "-aq", "--no-trunc"]).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_test_image_and_its_containers_are_gone_once_its_guard_drops_even_on_panic() {
+    let mut created: Option<(String, String)> = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let image = TestImage::build();
+        let container = docker_cli(&["run", "--detach", image.tag()]);
+        assert!(listed_images().contains(&image.id().to_owned()), "docker images lists the new image");
+        created = Some((image.id().to_owned(), container));
+        panic!("deliberate: a failing test, whose guard must still clean up");
+    }));
+    assert!(outcome.is_err(), "the closure panicked");
+    let (image_id, container_id) = created.expect("the image and its container were created before the panic");
+    assert!(!listed_images().contains(&image_id), "{image_id} is still listed by docker images -a");
+    assert!(!listed_containers().contains(&container_id), "{container_id} is still listed by docker ps -a");
+}
+
+#[test]
+fn a_shared_image_stays_while_any_test_holds_it_and_goes_with_the_last() {
+    let pool = ImagePool::new();
+    let first = pool.acquire();
+    let second = pool.acquire();
+    assert_eq!(first.id(), second.id(), "tests running together share one image");
+    let image_id = first.id().to_owned();
+    let container = docker_cli(&["create", second.tag()]);
+
+    drop(first);
+    assert!(listed_images().contains(&image_id), "the second holder still uses it");
+    assert!(listed_containers().contains(&container));
+
+    drop(second);
+    assert!(!listed_images().contains(&image_id), "the last holder removed it");
+    assert!(!listed_containers().contains(&container), "with the container made from it");
+
+    let next = pool.acquire();
+    assert_ne!(next.id(), image_id, "a later test gets a new image");
+    let next_id = next.id().to_owned();
+    drop(next);
+    assert!(!listed_images().contains(&next_id));
+}
+
+#[test]
+fn leftovers_of_a_run_that_died_are_removed_and_live_runs_are_not() {
+    // A crashed run: its guard never dropped (forgotten), its owner is no
+    // process (pid 0 has no /proc entry).
+    let dead_owner = "0-0";
+    assert!(!support::image::is_alive(dead_owner));
+    assert!(support::image::is_alive(&support::image::this_process_owner()));
+    let leftover = std::mem::ManuallyDrop::new(TestImage::build_owned_by(dead_owner));
+    let leftover_container = docker_cli(&["create", leftover.tag()]);
+    let ours = TestImage::build();
+
+    support::image::remove_leftovers();
+    assert!(!listed_images().contains(&leftover.id().to_owned()), "the dead run's image is removed");
+    assert!(!listed_containers().contains(&leftover_container), "with its container");
+    assert!(listed_images().contains(&ours.id().to_owned()), "an image of a live run stays");
 }

@@ -1,17 +1,22 @@
-//! The harness of the `DockerOps` tests and bench: the offline test image, a
-//! real `DockerOps` server on `127.0.0.1:0` with its generated client, and a
-//! guard that removes every container a test created, even when it fails.
+//! The harness of the `DockerOps` tests and bench: the offline test image
+//! (`image`), a real `DockerOps` server on `127.0.0.1:0` with its generated
+//! client, and guards that remove every container and image a test created,
+//! even when it fails.
 //!
 //! Each harness gets its own namespace label (`mesh.test.ns=<uuid>`) as the
 //! service's namespace label, so tests running in parallel never see each
 //! other's containers, and cleanup removes exactly what this harness made.
+//! The harnesses alive at a time share one image, which the last one to drop
+//! removes (with any container still made from it).
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
+
+pub mod image;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use mesh_kit::{CancellationToken, ConfigSource, Runtime, ServerSettings};
 use mesh_proto::common::v1::ItemResult;
@@ -20,20 +25,10 @@ use mesh_proto::docker::v1::docker_ops_client::DockerOpsClient;
 use prost::Message;
 use tonic::transport::Channel;
 
-/// The image every test container runs: busybox, sleeping, exits on SIGTERM.
-pub const TEST_IMAGE: &str = "mesh-test-busybox:latest";
+pub use self::image::TestImage;
+
 /// The label key carrying a harness's namespace.
 pub const NAMESPACE_KEY: &str = "mesh.test.ns";
-
-/// Builds the test image once per process (the script is idempotent across processes).
-pub fn ensure_test_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/build-test-image.sh");
-        let status = Command::new("bash").arg(script).status().expect("run build-test-image.sh");
-        assert!(status.success(), "build-test-image.sh failed: {status}");
-    });
-}
 
 /// Runs the docker CLI and returns its trimmed stdout; panics on failure.
 pub fn docker_cli(args: &[&str]) -> String {
@@ -89,8 +84,12 @@ pub struct TestDockerOps {
     /// This harness's namespace (the value of `mesh.test.ns`).
     pub namespace: String,
     shutdown: CancellationToken,
-    /// Dropped last, after the server stopped.
+    /// Dropped after the server was told to stop.
     pub cleanup: CleanupGuard,
+    /// The image the containers run (busybox, sleeping, exits on SIGTERM);
+    /// dropped after `cleanup`, so the last harness holding it removes it
+    /// once this harness's containers are gone.
+    image: Arc<TestImage>,
 }
 
 impl TestDockerOps {
@@ -101,7 +100,7 @@ impl TestDockerOps {
 
     /// A server with extra environment variables (e.g. `DOCKER_HOST`).
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
-        ensure_test_image();
+        let image = image::shared_image();
         let namespace = uuid::Uuid::now_v7().simple().to_string();
         let mut config_source =
             ConfigSource::default().with_var("MESH_DOCKER_NAMESPACE_LABEL", format!("{NAMESPACE_KEY}={namespace}"));
@@ -120,7 +119,12 @@ impl TestDockerOps {
         });
         // The listener is bound already, so the connection is accepted as soon as the server runs.
         let client = DockerOpsClient::connect(format!("http://{addr}")).await.expect("connect to the server");
-        Self { client, addr, cleanup: CleanupGuard { namespace: namespace.clone() }, namespace, shutdown }
+        Self { client, addr, cleanup: CleanupGuard { namespace: namespace.clone() }, namespace, shutdown, image }
+    }
+
+    /// The tag of the image this harness's containers run.
+    pub fn image(&self) -> &str {
+        self.image.tag()
     }
 
     /// The labels that put a container created by the CLI in this harness's namespace.
@@ -131,7 +135,7 @@ impl TestDockerOps {
     /// Creates `count` managed containers through the service; returns their ids.
     pub async fn create_managed(&mut self, count: usize, start: bool) -> Vec<String> {
         let specs = (0..count)
-            .map(|_| pb::ContainerSpec { image: TEST_IMAGE.to_owned(), start, ..Default::default() })
+            .map(|_| pb::ContainerSpec { image: self.image().to_owned(), start, ..Default::default() })
             .collect();
         let response = self
             .client
@@ -156,7 +160,7 @@ impl TestDockerOps {
             args.push("--label".to_owned());
             args.push((*label).to_owned());
         }
-        args.push(TEST_IMAGE.to_owned());
+        args.push(self.image().to_owned());
         docker_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
