@@ -14,14 +14,20 @@ const STEP_BYTES: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sawtooth_is_never_flagged() {
-    let steady =
-        start_test_service(
-            "sawtooth_bytes",
-            |tick, held| {
-                if tick % 5 == 4 { held.release_all() } else { held.hold(STEP_BYTES) }
-            },
-        )
-        .await;
+    let steady = start_test_service("sawtooth_bytes", |tick, held| {
+        if tick % 5 == 4 {
+            // The test services and the profiler share this process:
+            // without the purge, jemalloc's 10 s decay keeps the freed
+            // pages resident and turns the sawtooth into a staircase
+            // of resident memory, the allocator's lag rather than the
+            // service's shape.
+            held.release_all();
+            mesh_kit::allocator::purge().expect("jemalloc purges");
+        } else {
+            held.hold(STEP_BYTES)
+        }
+    })
+    .await;
     wait_for_one_full_cycle(&steady.uri).await;
     let (_profiler, mut client) = start_profiler(&one_second_settings(format!("steady={}", steady.uri))).await;
     let mut alerts = client.watch_alerts(pb::WatchAlertsRequest::default()).await.expect("watch").into_inner();

@@ -20,13 +20,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // SAFETY: jemalloc reads this NUL-terminated string once, at its first
 // allocation; nothing writes it. `prof:true` compiles sampling in,
 // `prof_active:false` leaves it off until a server with heap profiling
-// switches it on. The decay settings hand freed pages back at once: the test
-// services and the profiler share this process, and jemalloc's default 10 s
-// decay would turn a sawtooth of held memory into a climbing staircase of
-// resident memory, which is the allocator's lag, not the service's shape.
+// switches it on.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
 
 /// A running server; dropping it stops the server.
 pub struct RunningServer {
