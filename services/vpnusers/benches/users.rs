@@ -6,7 +6,10 @@
 //!
 //! `cargo bench -p mesh-vpnusers --bench users`. PostgreSQL runs when
 //! `MESH_TEST_POSTGRES_URL` names a role that may create databases (see
-//! `scripts/test-postgres`); `MESH_BENCH_USERS` changes the size (100000).
+//! `scripts/test-postgres`); `MESH_BENCH_USERS` changes the size (100000);
+//! `MESH_BENCH_WRITERS` fills with that many concurrent callers (1), each
+//! still 100 users per transaction; `MESH_VPNUSERS_POSTGRES_SYNCHRONOUS_COMMIT=false`
+//! measures PostgreSQL with the service's opt-out of durable commits.
 
 // Product names (SQLite, PostgreSQL) are prose in these docs, not code.
 #![allow(clippy::doc_markdown)]
@@ -36,6 +39,8 @@ fn main() {
     let measuring = std::env::args().any(|arg| arg == "--bench");
     let default_user_count = if measuring { 100_000 } else { 1_000 };
     let user_count: usize = source.var("MESH_BENCH_USERS").and_then(|n| n.parse().ok()).unwrap_or(default_user_count);
+    let writers: usize = source.var("MESH_BENCH_WRITERS").and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+    let synchronous_commit = source.var("MESH_VPNUSERS_POSTGRES_SYNCHRONOUS_COMMIT") != Some("false");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut criterion = Criterion::default()
         .configure_from_args()
@@ -59,8 +64,11 @@ fn main() {
     }
 
     for (backend, location, postgres) in backends {
-        let directory = runtime.block_on(open(&location));
-        runtime.block_on(fill(backend, &directory, user_count));
+        let directory = runtime.block_on(open(&location, synchronous_commit));
+        if backend == "postgres" {
+            println!("vpnusers/postgres: synchronous_commit = {}", if synchronous_commit { "on" } else { "off" });
+        }
+        runtime.block_on(fill(backend, &directory, user_count, writers));
         bench_at_size(&mut criterion, &runtime, backend, &directory, user_count);
         if let Some((admin_url, name)) = postgres {
             drop(directory);
@@ -73,8 +81,11 @@ fn main() {
     criterion.final_summary();
 }
 
-async fn open(location: &DatabaseLocation) -> UserDirectory {
-    let store = UserStore::open(location, 8, Duration::from_secs(5)).await.expect("open store");
+async fn open(location: &DatabaseLocation, synchronous_commit: bool) -> UserDirectory {
+    let store = UserStore::open(location, 8, Duration::from_secs(5))
+        .await
+        .expect("open store")
+        .with_postgres_synchronous_commit(synchronous_commit);
     let config = VpnUsersConfig { max_bulk_ids: 10_000, ..VpnUsersConfig::default() };
     let (_sender, receiver) = tokio::sync::watch::channel(Arc::new(config));
     UserDirectory::new(store, None, receiver)
@@ -90,22 +101,36 @@ fn new_user(i: usize) -> NewUser {
     user
 }
 
-/// Creates `count` users, `BATCH_SIZE` per transaction, and prints the rate
-/// and the batch latency percentiles.
-async fn fill(backend: &str, directory: &UserDirectory, count: usize) {
-    let mut batch_latencies = Vec::with_capacity(count / BATCH_SIZE);
+/// Creates `count` users, `BATCH_SIZE` per transaction, from `writers`
+/// concurrent callers (caller `w` takes batches `w`, `w + writers`, ..), and
+/// prints the rate and the batch latency percentiles.
+async fn fill(backend: &str, directory: &UserDirectory, count: usize, writers: usize) {
     let started = Instant::now();
-    for first in (0..count).step_by(BATCH_SIZE) {
-        let batch: Vec<NewUser> = (first..(first + BATCH_SIZE).min(count)).map(new_user).collect();
-        let batch_started = Instant::now();
-        directory.create_users(batch, BatchMode::AllOrNothing).await.expect("create batch");
-        batch_latencies.push(batch_started.elapsed());
+    let callers: Vec<_> = (0..writers)
+        .map(|writer| {
+            let directory = directory.clone();
+            tokio::spawn(async move {
+                let mut batch_latencies = Vec::new();
+                for first in (writer * BATCH_SIZE..count).step_by(writers * BATCH_SIZE) {
+                    let batch: Vec<NewUser> = (first..(first + BATCH_SIZE).min(count)).map(new_user).collect();
+                    let batch_started = Instant::now();
+                    directory.create_users(batch, BatchMode::AllOrNothing).await.expect("create batch");
+                    batch_latencies.push(batch_started.elapsed());
+                }
+                batch_latencies
+            })
+        })
+        .collect();
+    let mut batch_latencies = Vec::with_capacity(count / BATCH_SIZE + 1);
+    for caller in callers {
+        batch_latencies.extend(caller.await.expect("a filling caller panicked"));
     }
     let elapsed = started.elapsed();
     #[allow(clippy::cast_precision_loss)] // counts far below 2^52
     let rate = count as f64 / elapsed.as_secs_f64();
     println!(
-        "vpnusers/{backend}/batch_create: {count} users in {:.2} s = {rate:.0} users/s; per batch of {BATCH_SIZE}: {}",
+        "vpnusers/{backend}/batch_create: {count} users from {writers} caller(s) in {:.2} s = {rate:.0} users/s; \
+         per batch of {BATCH_SIZE}: {}",
         elapsed.as_secs_f64(),
         percentiles(&mut batch_latencies)
     );

@@ -85,6 +85,66 @@ async fn duplicate_usernames_per_item_and_all_or_nothing(db: &TestDb) {
     assert!(page.users.is_empty(), "nothing half-written on {}", db.backend_name);
 }
 
+/// A batch larger than one SQLite statement can bind (12 values a user, at
+/// most 32,766 per statement), with a name taken before the batch and one
+/// repeated inside it, both past the first statement's rows: per item each
+/// gets its own status, and all or nothing writes none of the batch.
+async fn large_batches_keep_per_item_statuses(db: &TestDb) {
+    let config = mesh_vpnusers::VpnUsersConfig { max_batch_size: 3_000, ..db.config() };
+    let directory = db.directory_with(config).await;
+    directory
+        .create_users(vec![NewUser::new("user02900", "taken@example.com")], BatchMode::AllOrNothing)
+        .await
+        .unwrap();
+    let mut batch: Vec<NewUser> = (0..3_000).map(new_user).collect();
+    batch[2_950] = NewUser::new("user02800", "again@example.com");
+
+    let error = directory.create_users(batch.clone(), BatchMode::AllOrNothing).await.unwrap_err();
+    assert_eq!(error.reason(), "DUPLICATE_USERNAME", "{}", db.backend_name);
+    let without_repeat: Vec<NewUser> = batch.iter().take(2_950).cloned().collect();
+    let error = directory.create_users(without_repeat, BatchMode::AllOrNothing).await.unwrap_err();
+    assert_eq!(error.reason(), "USERNAME_TAKEN", "{}", db.backend_name);
+    assert!(error.to_string().starts_with("item 2900 refused, nothing was written"), "{error}");
+    assert_eq!(directory.store().count(&UserFilter::default()).await.unwrap(), 1, "nothing of the batch was kept");
+
+    let outcomes = directory.create_users(batch, BatchMode::PerItem).await.unwrap();
+    assert_eq!(outcomes.len(), 3_000);
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let expected = match index {
+            2_900 => "USERNAME_TAKEN",
+            2_950 => "DUPLICATE_USERNAME",
+            _ => "OK",
+        };
+        let reason = outcome.as_ref().map_or_else(mesh_vpnusers::VpnUsersError::reason, |_| "OK");
+        assert_eq!(reason, expected, "item {index} on {}", db.backend_name);
+    }
+    assert_eq!(directory.store().count(&UserFilter::default()).await.unwrap(), 2_999);
+    let created = outcomes[2_999].as_ref().unwrap();
+    assert_eq!(directory.get_user(created.id).await.unwrap(), *created, "stored as returned");
+}
+
+/// Writers at once all commit: on SQLite they queue for the one writer
+/// connection instead of failing or sleeping on the write lock.
+async fn concurrent_batches_all_commit(db: &TestDb) {
+    let directory = db.directory().await;
+    let batches = (0..8).map(|batch| {
+        let directory = directory.clone();
+        let users: Vec<NewUser> = (batch * 50..(batch + 1) * 50).map(new_user).collect();
+        tokio::spawn(async move { directory.create_users(users, BatchMode::AllOrNothing).await })
+    });
+    let mut ids = Vec::new();
+    for handle in batches.collect::<Vec<_>>() {
+        let outcomes = handle.await.unwrap().expect("every batch commits");
+        ids.extend(outcomes.into_iter().map(|outcome| outcome.unwrap().id));
+    }
+    assert_eq!(directory.store().count(&UserFilter::default()).await.unwrap(), 400);
+    let outcome = directory.set_status(UserStatus::Disabled, &StatusSelector::Ids(ids.clone())).await.unwrap();
+    assert_eq!(outcome.affected_count, 400);
+    assert!(outcome.not_found_ids.is_empty());
+    let found = directory.get_users(&ids[..100], BatchMode::AllOrNothing).await.unwrap();
+    assert!(found.iter().all(|user| user.as_ref().unwrap().status == UserStatus::Disabled));
+}
+
 fn username(name: &str) -> UserFilter {
     UserFilter { username: Some(name.into()), ..UserFilter::default() }
 }
@@ -462,6 +522,8 @@ on_both_backends!(
     usernames_sort_in_byte_order_on_both,
     create_then_read_back,
     duplicate_usernames_per_item_and_all_or_nothing,
+    large_batches_keep_per_item_statuses,
+    concurrent_batches_all_commit,
     batch_limits_are_enforced,
     updates_change_fields_and_refuse_conflicts,
     deletes_report_unknown_ids,
