@@ -13,7 +13,7 @@
 //! - `connection` (with `tls`, `peer`): one caller connection: TLS or mutual TLS, the idle timeout.
 //! - `stack`: the layer order of both stacks, and the HTTP/2 server settings.
 //! - `authn`, `rate_limit`, `load_shed`, `deadline`: refusals and limits, one layer each.
-//! - `access_log`, `metrics` (with `observe`): one line and the series of every call; `admin` serves `/metrics`.
+//! - `access_log` (with `access_sink`), `metrics` (with `observe`): one line and the series of every call; `admin` serves `/metrics`.
 //! - `message_limit`: the size limit of every gRPC message, read from its length prefix.
 //! - `rescue`: the one place a layer's typed error becomes a gRPC status.
 //! - `route`: picks a call's destination from its path.
@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod access_sink;
 mod admin;
 mod authn;
 mod balance;
@@ -131,7 +132,9 @@ pub async fn run_with_resolver(runtime: GatewayRuntime, resolver: Arc<dyn Resolv
     let metrics = GatewayMetrics::new(known_services);
     let (router, probe_endpoints) = build_router(&config, &settings, &metrics, shutdown.clone())?;
     let upstream_services = router.upstream_services();
-    let caller_stack = stack::caller_stack(router, &settings, &metrics);
+    // Written by its own thread; closed last, so the lines of calls cut by the drain are written too.
+    let access_sink = access_sink::AccessLogSink::stdout();
+    let caller_stack = stack::caller_stack(router, &settings, &metrics, &access_sink);
     let tls = tls::acceptor(&config)
         .map_err(|(field, error)| mesh_kit::ConfigError::Invalid { problems: vec![format!("{field}: {error}")] })?;
     let is_tls = tls.is_some();
@@ -208,6 +211,7 @@ pub async fn run_with_resolver(runtime: GatewayRuntime, resolver: Arc<dyn Resolv
     }
     connections.shutdown().await;
     background.shutdown().await;
+    access_sink.close();
     info!(%local_addr, "gateway stopped");
     Ok(())
 }

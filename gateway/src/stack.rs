@@ -12,6 +12,7 @@ use mesh_kit::{CorrelationLayer, RpcSpanLayer};
 use tower::ServiceBuilder;
 
 use crate::access_log::{AccessLog, AccessLogLayer};
+use crate::access_sink::AccessLogSink;
 use crate::authn::{Authn, AuthnLayer};
 use crate::balance::Balance;
 use crate::config::GatewayConfig;
@@ -34,7 +35,12 @@ pub(crate) type CallerStack =
 pub(crate) type UpstreamService = MessageLimit<Retry<Balance>>;
 
 /// Builds the caller-facing stack around `router`.
-pub(crate) fn caller_stack(router: Router, settings: &LiveSettings, metrics: &Arc<GatewayMetrics>) -> CallerStack {
+pub(crate) fn caller_stack(
+    router: Router,
+    settings: &LiveSettings,
+    metrics: &Arc<GatewayMetrics>,
+    access_sink: &Arc<AccessLogSink>,
+) -> CallerStack {
     ServiceBuilder::new()
         // Accepts the caller's correlation id or mints one before anything logs, so the span, every error
         // status and the forwarded request carry the same id; echoes it on the response.
@@ -43,7 +49,7 @@ pub(crate) fn caller_stack(router: Router, settings: &LiveSettings, metrics: &Ar
         // from headers or trailers, and the proxy passes its trace context upstream.
         .layer(RpcSpanLayer::proxy())
         // One line per call, refused ones included, so it sits above everything that can refuse.
-        .layer(AccessLogLayer::new(Arc::clone(&settings.access_log)))
+        .layer(AccessLogLayer::new(Arc::clone(&settings.access_log), Arc::clone(access_sink)))
         // Counts and times every call by its final status, refusals included, for the same reason.
         .layer(MetricsLayer::new(Arc::clone(metrics)))
         // Below here every layer returns its own typed error; here each becomes a gRPC status, in one place.
