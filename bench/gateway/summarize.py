@@ -11,7 +11,6 @@ import re
 import statistics
 import sys
 
-results = pathlib.Path(sys.argv[1])
 targets = ["direct", "gateway", "gateway-auth", "nginx", "envoy"]
 labels = {
     "direct": "(a) direct to `mesh serve cache`",
@@ -36,30 +35,36 @@ def one_run(out_path, log_path):
     return rps, p50, p99, bytes_per_call
 
 
-table = {}
-for target in targets:
-    for concurrency in (1, 64):
-        runs = []
-        for out_path in sorted(results.glob(f"{target}-c{concurrency}-r*.out")):
-            runs.append(one_run(out_path, out_path.with_suffix(".log")))
-        if runs:
-            table[(target, concurrency)] = tuple(statistics.median(column) for column in zip(*runs)) + (len(runs),)
+def main():
+    results = pathlib.Path(sys.argv[1])
+    table = {}
+    for target in targets:
+        for concurrency in (1, 64):
+            runs = []
+            for out_path in sorted(results.glob(f"{target}-c{concurrency}-r*.out")):
+                runs.append(one_run(out_path, out_path.with_suffix(".log")))
+            if runs:
+                table[(target, concurrency)] = tuple(statistics.median(column) for column in zip(*runs)) + (len(runs),)
 
-print("| path | in flight | rps | p50 µs | p99 µs | rps vs direct | rps vs nginx | rps vs Envoy | added p50 µs |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for target in targets:
-    for concurrency in (1, 64):
-        if (target, concurrency) not in table:
-            continue
-        rps, p50, p99, bytes_per_call, _ = table[(target, concurrency)]
-        direct = table.get(("direct", concurrency))
-        nginx = table.get(("nginx", concurrency))
-        envoy = table.get(("envoy", concurrency))
-        ratio = lambda other: f"{rps / other[0]:.2f}" if other else "—"
-        added = f"{p50 - direct[1]:+.0f}" if direct and target != "direct" else "—"
-        print(
-            f"| {labels[target]} | {concurrency} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {ratio(direct)} | "
-            f"{ratio(nginx)} | {ratio(envoy)} | {added} |"
-        )
-        if bytes_per_call < 20:
-            print(f"WARNING: {target} c{concurrency}: {bytes_per_call:.0f} data bytes per call; calls failed", file=sys.stderr)
+    print("| path | in flight | rps | p50 µs | p99 µs | rps vs direct | rps vs nginx | rps vs Envoy | added p50 µs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for target in targets:
+        for concurrency in (1, 64):
+            if (target, concurrency) not in table:
+                continue
+            rps, p50, p99, bytes_per_call, _ = table[(target, concurrency)]
+            direct = table.get(("direct", concurrency))
+            nginx = table.get(("nginx", concurrency))
+            envoy = table.get(("envoy", concurrency))
+            ratio = lambda other: f"{rps / other[0]:.2f}" if other else "—"
+            added = f"{p50 - direct[1]:+.0f}" if direct and target != "direct" else "—"
+            print(
+                f"| {labels[target]} | {concurrency} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {ratio(direct)} | "
+                f"{ratio(nginx)} | {ratio(envoy)} | {added} |"
+            )
+            if bytes_per_call < 20:
+                print(f"WARNING: {target} c{concurrency}: {bytes_per_call:.0f} data bytes per call; calls failed", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
