@@ -11,6 +11,7 @@
 //! - [`telemetry`]: log format, OTLP export, `traceparent` propagation.
 //! - [`error`]: [`RpcError`] and the only place a `tonic::Status` is built.
 //! - [`server`]: [`MeshServer`], the bootstrap every service uses.
+//! - [`unknown_method`]: the error model's status for a method a server does not serve.
 //! - [`client`]: [`client::MeshChannel`] for calls between services.
 //! - [`shutdown`], [`memory`]: signals and `/proc/self` memory use.
 //! - [`allocator`]: jemalloc's figures, purging, heap profiles.
@@ -31,6 +32,7 @@ pub mod rpc_span;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod unknown_method;
 
 pub use config::{ConfigError, ConfigProblem, ConfigSource, ConfigWatch, ServiceConfig};
 pub use correlation::{CallContext, CorrelationId, CorrelationLayer};

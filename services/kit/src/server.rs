@@ -21,6 +21,7 @@ use crate::config::{ConfigProblem, ServiceConfig, duration_secs};
 use crate::correlation::CorrelationLayer;
 use crate::introspection::{MemoryGauge, MemoryGauges, MemoryIntrospectionGrpc};
 use crate::rpc_span::RpcSpanLayer;
+use crate::unknown_method::UnknownMethodLayer;
 
 /// Transport settings shared by every service, from `MESH_SERVER_*`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,7 +196,14 @@ impl MeshServer {
             .max_connection_age_grace(settings.max_connection_age_grace)
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_max_pending_accept_reset_streams(Some(settings.max_pending_accept_reset_streams))
-            .layer(ServiceBuilder::new().layer(CorrelationLayer::new()).layer(RpcSpanLayer::server()).into_inner());
+            .layer(
+                ServiceBuilder::new()
+                    .layer(CorrelationLayer::new())
+                    .layer(RpcSpanLayer::server())
+                    // Inside the correlation scope, so the status carries the call's id.
+                    .layer(UnknownMethodLayer)
+                    .into_inner(),
+            );
         let mut server = server;
         let router = server.add_routes(self.routes.routes());
 
