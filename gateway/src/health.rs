@@ -1,8 +1,9 @@
 //! `grpc.health.v1.Health` for the mesh behind the gateway. `Check("")` is
 //! SERVING only while every configured service has an endpoint answering
 //! SERVING to its own `Check("")`; `Check("<service>")` asks that service's
-//! endpoints, SERVING if any is (balancing avoids the others); any other
-//! name is `NOT_FOUND`. `Watch` re-checks every `health_poll_interval` and sends
+//! endpoints, SERVING if any is (balancing avoids the others);
+//! `Check("mesh.gateway")` ([`GATEWAY_HEALTH_SERVICE`]) is the gateway's own
+//! status, which asks no upstream; any other name is `NOT_FOUND`. `Watch` re-checks every `health_poll_interval` and sends
 //! a message when the status changes. While the gateway drains, everything
 //! is `NOT_SERVING` and `Watch` streams end, so they do not hold up the drain.
 //! The endpoints checked are those in balancing at the time of the check, so
@@ -35,6 +36,14 @@ use tracing::debug;
 use crate::balance::{EndpointSet, Member};
 use crate::error::HealthError;
 use crate::reload::Live;
+
+/// The health service name of the gateway itself, for liveness and readiness
+/// probes: `SERVING` whenever the gateway answers at all (it serves only once
+/// its settings are valid and its listener is bound), `NOT_SERVING` from the
+/// start of its drain. It never asks an upstream: a probe on `Check("")`
+/// would restart or unroute the whole edge whenever one service is down,
+/// while the gateway itself can still answer that service's calls `UNAVAILABLE`.
+pub const GATEWAY_HEALTH_SERVICE: &str = "mesh.gateway";
 
 /// The health service; cheap to share, every call reads the same checker.
 #[derive(Debug)]
@@ -150,10 +159,14 @@ impl Health for GatewayHealth {
 // === impl HealthChecker ===
 
 impl HealthChecker {
-    /// The status of `service`: `""` is the whole mesh, else one upstream.
+    /// The status of `service`: `""` is the whole mesh, [`GATEWAY_HEALTH_SERVICE`]
+    /// the gateway alone, else one upstream.
     async fn status(&self, service: &str) -> Result<ServingStatus, HealthError> {
         if service.is_empty() {
             return Ok(self.mesh_status().await);
+        }
+        if service == GATEWAY_HEALTH_SERVICE {
+            return Ok(self.gateway_status());
         }
         let Some(upstream) = self.upstreams.iter().find(|upstream| upstream.service_name == service) else {
             return Err(HealthError::UnknownService { service: service.to_owned() });
@@ -162,6 +175,11 @@ impl HealthChecker {
             return Ok(ServingStatus::NotServing);
         }
         Ok(self.upstream_status(upstream, service).await)
+    }
+
+    /// The gateway's own status: it answers, so it serves, until it drains.
+    fn gateway_status(&self) -> ServingStatus {
+        if self.shutdown.is_cancelled() { ServingStatus::NotServing } else { ServingStatus::Serving }
     }
 
     /// SERVING iff every upstream is; with no upstream configured there is
@@ -305,6 +323,19 @@ mod tests {
         assert_eq!(mesh_kit::to_status(&unknown).code(), tonic::Code::NotFound);
         shutdown.cancel();
         assert_eq!(checker.status("").await.unwrap(), ServingStatus::NotServing);
+    }
+
+    #[tokio::test]
+    async fn the_gateway_itself_is_serving_until_the_drain_and_watching_it_ends_there() {
+        let shutdown = CancellationToken::new();
+        let checker = checker_without_upstreams(shutdown.clone());
+        assert_eq!(checker.status(GATEWAY_HEALTH_SERVICE).await.unwrap(), ServingStatus::Serving);
+        let mut stream = Box::pin(watch_stream(Arc::clone(&checker), GATEWAY_HEALTH_SERVICE.to_owned()));
+        assert_eq!(stream.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
+        shutdown.cancel();
+        assert_eq!(checker.status(GATEWAY_HEALTH_SERVICE).await.unwrap(), ServingStatus::NotServing);
+        assert_eq!(stream.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+        assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]

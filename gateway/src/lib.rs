@@ -19,7 +19,7 @@
 //! - `route`: picks a call's destination from its path.
 //! - `retry` (with `request_body`), `balance`, `proxy`: replay, endpoint choice, HTTP/2 passthrough.
 //! - `reload`: the live settings and how a reloaded config reaches them; `dns`: re-resolution of upstream names.
-//! - `health`: `grpc.health.v1.Health`, aggregated over the upstreams.
+//! - `health`: `grpc.health.v1.Health`, aggregated over the upstreams; [`GATEWAY_HEALTH_SERVICE`] is the gateway's own.
 //! - `config`: [`GatewayConfig`], its documented settings, validation and the route table.
 //! - `error`: [`GatewayError`], and the error of a refused health check.
 
@@ -68,6 +68,7 @@ use tracing::{debug, error, info, warn};
 pub use config::{ClientCertificateConfig, GatewayConfig, RouteConfig, TokenConfig};
 pub use dns::{Resolve, ResolveFuture, SystemResolver};
 pub use error::GatewayError;
+pub use health::GATEWAY_HEALTH_SERVICE;
 
 use crate::connection::ListenerSettings;
 use crate::health::{GatewayHealth, UpstreamHealth};
