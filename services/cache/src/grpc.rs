@@ -88,6 +88,11 @@ fn ttl_from_wire(
         return Ok(default);
     };
     let invalid = |reason: String| CacheError::InvalidTtl { reason };
+    // `google.protobuf.Duration` allows |nanos| < 1e9 only; the conversion
+    // below would carry the excess into seconds instead of refusing it.
+    if ttl.nanos.unsigned_abs() >= 1_000_000_000 {
+        return Err(invalid("nanos must be between -999999999 and 999999999".to_owned()));
+    }
     let ttl = Duration::try_from(*ttl).map_err(|_| invalid("must be positive".to_owned()))?;
     if ttl.is_zero() {
         return Err(invalid("must be positive".to_owned()));
@@ -405,7 +410,7 @@ mod tests {
         let (default, max) = (config.default_ttl, config.max_ttl);
         assert_eq!(ttl_from_wire(None, default, max), Ok(config.default_ttl));
         assert_eq!(ttl_from_wire(Some(&wire(5, 500_000_000)), default, max), Ok(Duration::from_millis(5500)));
-        for bad in [wire(0, 0), wire(-1, 0), wire(0, -5), wire(i64::MAX, 0)] {
+        for bad in [wire(0, 0), wire(-1, 0), wire(0, -5), wire(i64::MAX, 0), wire(1, 2_000_000_000)] {
             let error = ttl_from_wire(Some(&bad), default, max).unwrap_err();
             assert_eq!(error.reason(), "INVALID_TTL", "{bad:?}");
         }
