@@ -166,6 +166,20 @@ impl CalendarDate {
     pub fn is_plausible(&self) -> bool {
         (1970..=9999).contains(&self.year) && (1..=12).contains(&self.month) && (1..=31).contains(&self.day)
     }
+
+    /// True for a day that exists: plausible, and the day within its month's
+    /// length (February 29 only in leap years). What a caller may ask for.
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        let is_leap_year = (self.year % 4 == 0 && self.year % 100 != 0) || self.year % 400 == 0;
+        let days_in_month = match self.month {
+            2 if is_leap_year => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        self.is_plausible() && self.day <= days_in_month
+    }
 }
 
 impl fmt::Display for CalendarDate {
@@ -221,4 +235,30 @@ pub struct ServerInfo {
     pub process_count: u32,
     /// Hosted domains.
     pub domain_count: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_days_that_exist_are_valid() {
+        let check = |year, month, day, valid| {
+            let date = CalendarDate { year, month, day };
+            assert_eq!(date.is_valid(), valid, "{date}");
+        };
+        check(2026, 1, 31, true);
+        check(2026, 2, 28, true);
+        check(2026, 2, 29, false);
+        check(2024, 2, 29, true);
+        check(2000, 2, 29, true);
+        check(2100, 2, 29, false);
+        check(2026, 2, 30, false);
+        check(2026, 4, 30, true);
+        check(2026, 4, 31, false);
+        check(2026, 12, 31, true);
+        check(2026, 13, 1, false);
+        check(2026, 1, 0, false);
+        check(1969, 12, 31, false);
+    }
 }

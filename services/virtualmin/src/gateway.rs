@@ -580,7 +580,7 @@ impl Gateway {
             }
             for (name, field, date) in [("start", "start_date", start), ("end", "end_date", end)] {
                 if let Some(date) = date {
-                    if !date.is_plausible() {
+                    if !date.is_valid() {
                         return Err(VirtualminError::InvalidArgument { field, reason: "not a valid date".to_owned() });
                     }
                     params = params.value(name, field, &date.to_string())?;
