@@ -9,6 +9,7 @@
 //! - `harness`: [`harness::TestMesh`], a running `mesh up` child process.
 //! - `cache`: Cache calls through the gateway, bad input, the memory bound.
 //! - `correlation`: correlation ids echoed, minted and carried in errors.
+//! - `errors_catalogue`: every service's bad inputs and their statuses, checked against `docs/errors.md`.
 //! - `grpcurl`: reflection and a call with the real grpcurl binary.
 //! - `otlp`: spans of the gateway and the cache reach an OTLP receiver.
 //! - `raw_call`: gRPC calls by hand with the `h2` crate, every byte of the answer kept.
@@ -19,6 +20,7 @@ mod abuse;
 mod bulkops;
 mod cache;
 mod correlation;
+mod errors_catalogue;
 mod grpcurl;
 mod harness;
 mod otlp;

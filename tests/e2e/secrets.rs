@@ -96,7 +96,7 @@ async fn simulator_listing_passwords(simulator: &Simulator) -> Vec<String> {
 }
 
 /// Hex SHA-256, as `[[gateway.tokens]]` names a token.
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     use std::fmt::Write as _;
 
     use sha2::Digest as _;
