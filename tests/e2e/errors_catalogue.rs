@@ -147,20 +147,17 @@ impl Catalogue {
             self.violations.push(format!("{place}: bad input answered {:?}: {status:?}", status.code()));
         }
         let details = status.get_error_details();
-        let (reason, domain) = match details.error_info() {
-            Some(info) => {
-                if info.reason.is_empty() || info.domain.is_empty() {
-                    self.violations.push(format!("{place}: ErrorInfo lacks a reason or domain: {info:?}"));
-                }
-                if info.metadata.get("correlation_id") != Some(&correlation_id) {
-                    self.violations.push(format!("{place}: ErrorInfo lacks the correlation id: {info:?}"));
-                }
-                (info.reason.clone(), info.domain.clone())
+        let (reason, domain) = if let Some(info) = details.error_info() {
+            if info.reason.is_empty() || info.domain.is_empty() {
+                self.violations.push(format!("{place}: ErrorInfo lacks a reason or domain: {info:?}"));
             }
-            None => {
-                self.violations.push(format!("{place}: no ErrorInfo: {status:?}"));
-                (String::new(), String::new())
+            if info.metadata.get("correlation_id") != Some(&correlation_id) {
+                self.violations.push(format!("{place}: ErrorInfo lacks the correlation id: {info:?}"));
             }
+            (info.reason.clone(), info.domain.clone())
+        } else {
+            self.violations.push(format!("{place}: no ErrorInfo: {status:?}"));
+            (String::new(), String::new())
         };
         let echoed = status.metadata().get("x-correlation-id").and_then(|value| value.to_str().ok());
         if echoed != Some(correlation_id.as_str()) {
@@ -961,6 +958,7 @@ async fn memory_cases(cat: &mut Catalogue, mut client: MemoryProfilerClient<Chan
     cat.record(MEMORY, "WatchAlerts", "service `nope`", answer);
 }
 
+#[allow(clippy::unnecessary_wraps)] // fills an `Option` field
 fn bulk_targets(targets: &[(&str, &str)]) -> Option<bulk::start_bulk_operation_request::TargetSet> {
     Some(bulk::start_bulk_operation_request::TargetSet::TargetList(bulk::TargetList {
         targets: targets
