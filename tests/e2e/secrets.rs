@@ -372,3 +372,256 @@ async fn a_database_url_password_is_never_printed() {
     assert!(printed.contains("127.0.0.1:9"), "the error names the database: {printed}");
     assert_no_secret(&[DATABASE_PASSWORD.to_owned()], &printed, "mesh up's output");
 }
+
+/// The password of the PostgreSQL role the serving mesh logs in as.
+const SERVING_DATABASE_PASSWORD: &str = "pgok-LEAKMARK-6d0f";
+
+/// A PostgreSQL role whose password is [`SERVING_DATABASE_PASSWORD`] and two
+/// databases it owns, made through the admin URL; dropped by [`LeakRole::drop_all`].
+struct LeakRole {
+    admin: sea_orm::DatabaseConnection,
+    role: String,
+    databases: Vec<String>,
+    /// `host:port` of the server.
+    server: String,
+}
+
+impl LeakRole {
+    /// Makes the role and a database for each of `purposes`. `Err` names why
+    /// it could not (the admin may not create roles).
+    async fn create(admin_url: &str, purposes: &[&str]) -> Result<Self, String> {
+        use sea_orm::ConnectionTrait as _;
+
+        let admin = sea_orm::Database::connect(admin_url).await.map_err(|error| format!("connect: {error}"))?;
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let role = format!("mesh_leak_{suffix}");
+        admin
+            .execute_unprepared(&format!("CREATE ROLE {role} LOGIN PASSWORD '{SERVING_DATABASE_PASSWORD}'"))
+            .await
+            .map_err(|error| format!("the admin role cannot create roles ({error}); grant it CREATEROLE"))?;
+        // Membership lets the admin make the role a database's owner.
+        let mut made = Self { admin, role, databases: Vec::new(), server: String::new() };
+        made.admin
+            .execute_unprepared(&format!("GRANT {} TO CURRENT_USER", made.role))
+            .await
+            .map_err(|error| format!("grant the role to the admin: {error}"))?;
+        for purpose in purposes {
+            let database = format!("{purpose}_leak_{suffix}");
+            made.admin
+                .execute_unprepared(&format!("CREATE DATABASE {database} OWNER {}", made.role))
+                .await
+                .map_err(|error| format!("create {database}: {error}"))?;
+            made.databases.push(database);
+        }
+        let (_credentials, location) = admin_url.rsplit_once('@').ok_or("the admin URL has no credentials")?;
+        let (server, _database) = location.split_once('/').ok_or("the admin URL names no database")?;
+        server.clone_into(&mut made.server);
+        Ok(made)
+    }
+
+    /// The URL of database `index`, logging in as the role with its password.
+    fn url(&self, index: usize) -> String {
+        format!("postgres://{}:{SERVING_DATABASE_PASSWORD}@{}/{}", self.role, self.server, self.databases[index])
+    }
+
+    /// How many server connections the role holds now.
+    async fn connection_count(&self) -> i64 {
+        use sea_orm::ConnectionTrait as _;
+
+        let statement = sea_orm::Statement::from_string(
+            self.admin.get_database_backend(),
+            format!("SELECT count(*)::bigint AS n FROM pg_stat_activity WHERE usename = '{}'", self.role),
+        );
+        let row = self.admin.query_one_raw(statement).await.expect("pg_stat_activity answers").expect("one row");
+        row.try_get::<i64>("", "n").expect("a count")
+    }
+
+    /// Refuses the role new logins and ends its connections: the mesh's
+    /// pools must reconnect, and fail to.
+    async fn lock_out(&self) {
+        use sea_orm::ConnectionTrait as _;
+
+        self.admin.execute_unprepared(&format!("ALTER ROLE {} NOLOGIN", self.role)).await.expect("role locked");
+        self.admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}'",
+                self.role
+            ))
+            .await
+            .expect("the role's connections end");
+    }
+
+    async fn drop_all(self) {
+        use sea_orm::ConnectionTrait as _;
+
+        for database in &self.databases {
+            self.admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .await
+                .expect("test database dropped");
+        }
+        self.admin.execute_unprepared(&format!("DROP ROLE IF EXISTS {}", self.role)).await.expect("test role dropped");
+    }
+}
+
+/// The admin URL of the test PostgreSQL server, or `None` (skipping, with a
+/// note) when none is configured here; under CI a missing server fails.
+fn postgres_admin_url() -> Option<String> {
+    let source = mesh_kit::ConfigSource::from_process();
+    let Some(admin_url) = source.var("MESH_TEST_POSTGRES_URL") else {
+        assert!(
+            source.var("CI").is_none(),
+            "MESH_TEST_POSTGRES_URL is not set under CI; run services/vpnusers/scripts/test-postgres"
+        );
+        eprintln!("skipping: MESH_TEST_POSTGRES_URL is not set, so there is no PostgreSQL server to serve from");
+        return None;
+    };
+    Some(admin_url.to_owned())
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // one scenario: serve, call, lock out, call, search everything
+async fn a_database_url_password_never_leaks_while_serving_on_postgres() {
+    use mesh_proto::bulkops::v1 as bulk;
+    use mesh_proto::vpnusers::v1 as vpn;
+
+    let Some(admin_url) = postgres_admin_url() else { return };
+    let leak_role = match LeakRole::create(&admin_url, &["vpnusers", "bulkops"]).await {
+        Ok(role) => role,
+        Err(why) => {
+            assert!(mesh_kit::ConfigSource::from_process().var("CI").is_none(), "under CI: {why}");
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let (vpnusers_url, bulkops_url) = (leak_role.url(0), leak_role.url(1));
+    let (receiver_addr, sink) = start_receiver().await;
+    let otlp_endpoint = format!("http://{receiver_addr}");
+    let mesh = TestMesh::start_capturing_stderr(&[
+        ("DATABASE_URL", vpnusers_url.as_str()),
+        ("MESH_BULKOPS_DATABASE_URL", bulkops_url.as_str()),
+        ("MESH_VPNUSERS_CONNECT_TIMEOUT", "2"),
+        ("MESH_BULKOPS_CONNECT_TIMEOUT", "2"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "debug"),
+    ])
+    .await;
+    assert!(leak_role.connection_count().await > 0, "the mesh serves from PostgreSQL as the marked role");
+
+    let vpnusers = "/mesh.vpnusers.v1.VpnUsers";
+    let bulkops = "/mesh.bulkops.v1.BulkOps";
+    let new_user = |username: &str| vpn::NewUser {
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        ..Default::default()
+    };
+    let create =
+        vpn::CreateUsersRequest { users: vec![new_user("leak-alice"), new_user("leak-bob")], ..Default::default() };
+    let created = call(&mesh, &format!("{vpnusers}/CreateUsers"), &create.encode_to_vec(), &[], false).await;
+    assert_eq!(created.grpc_status, Some(0), "CreateUsers works on PostgreSQL: {created:?}");
+    let created = vpn::CreateUsersResponse::decode(created.body.get(5..).unwrap_or_default()).expect("a response");
+    let alice_id = created.results[0].user.as_ref().expect("alice").id.clone();
+    let health_check = bulk::StartBulkOperationRequest {
+        kind: bulk::OperationKind::HealthCheck.into(),
+        target_set: Some(bulk::start_bulk_operation_request::TargetSet::TargetList(bulk::TargetList {
+            targets: vec![bulk::Target { server_id: "simulator".into(), domain_name: "missing.example.com".into() }],
+        })),
+        mode: bulk::BulkMode::BestEffort.into(),
+        ..Default::default()
+    };
+    let started =
+        call(&mesh, &format!("{bulkops}/StartBulkOperation"), &health_check.encode_to_vec(), &[], false).await;
+    assert_eq!(started.grpc_status, Some(0), "a job starts on PostgreSQL: {started:?}");
+    let job_id =
+        bulk::StartBulkOperationResponse::decode(started.body.get(5..).unwrap_or_default()).expect("a response").job_id;
+
+    // Calls that work and calls that fail, while the database is there and after it refuses the role.
+    let calls: Vec<(String, Vec<u8>, bool)> = vec![
+        (format!("{vpnusers}/CreateUsers"), create.encode_to_vec(), false),
+        (format!("{vpnusers}/GetUser"), vpn::GetUserRequest { id: alice_id.clone() }.encode_to_vec(), false),
+        (
+            format!("{vpnusers}/GetUser"),
+            vpn::GetUserRequest { id: uuid::Uuid::now_v7().to_string() }.encode_to_vec(),
+            false,
+        ),
+        (
+            format!("{vpnusers}/ListUsers"),
+            vpn::ListUsersRequest { page_size: 1, ..Default::default() }.encode_to_vec(),
+            false,
+        ),
+        (
+            format!("{vpnusers}/ListUsers"),
+            vpn::ListUsersRequest { page_token: "forged".into(), ..Default::default() }.encode_to_vec(),
+            false,
+        ),
+        (
+            format!("{vpnusers}/SearchUsers"),
+            vpn::SearchUsersRequest { query: "alice".into(), ..Default::default() }.encode_to_vec(),
+            false,
+        ),
+        (format!("{vpnusers}/GetStats"), vpn::GetStatsRequest { signup_days: 7 }.encode_to_vec(), false),
+        (format!("{vpnusers}/ExportUsers"), vpn::ExportUsersRequest::default().encode_to_vec(), false),
+        (format!("{bulkops}/WatchJob"), bulk::WatchJobRequest { job_id: job_id.clone() }.encode_to_vec(), false),
+        (
+            format!("{bulkops}/GetJob"),
+            bulk::GetJobRequest { job_id: job_id.clone(), include_targets: true }.encode_to_vec(),
+            false,
+        ),
+        (
+            format!("{bulkops}/GetJob"),
+            bulk::GetJobRequest { job_id: uuid::Uuid::now_v7().to_string(), include_targets: false }.encode_to_vec(),
+            false,
+        ),
+        (format!("{bulkops}/ListJobs"), bulk::ListJobsRequest::default().encode_to_vec(), false),
+        (format!("{bulkops}/StartBulkOperation"), health_check.encode_to_vec(), false),
+    ];
+    let mut answers: Vec<(String, CallEnd)> = Vec::new();
+    for (path, message, client_streaming) in &calls {
+        answers.push((path.clone(), call(&mesh, path, message, &[], *client_streaming).await));
+    }
+    let worked = answers.iter().filter(|(_, answer)| answer.grpc_status == Some(0)).count();
+    assert!(worked >= 8, "most calls work while the database is there: {answers:?}");
+
+    leak_role.lock_out().await;
+    let failed_before = answers.iter().filter(|(_, answer)| answer.grpc_status != Some(0)).count();
+    for (path, message, client_streaming) in &calls {
+        answers.push((path.clone(), call(&mesh, path, message, &[], *client_streaming).await));
+    }
+    let failed = answers.iter().filter(|(_, answer)| answer.grpc_status != Some(0)).count();
+    assert!(failed > failed_before + 4, "calls fail once the database refuses the role: {answers:?}");
+
+    let secrets = [SERVING_DATABASE_PASSWORD.to_owned()];
+    for (path, answer) in &answers {
+        assert_no_secret(&secrets, &answer.received_text(), &format!("the answer of {path}"));
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            // The gateway's root span of each StartBulkOperation, the last call.
+            let exported = sink
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|span| span.name.ends_with("/StartBulkOperation") && span.parent_span_id.is_empty())
+                .count();
+            if exported >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the spans of the last calls are exported");
+    let spans = sink.spans.lock().unwrap().clone();
+    for span in &spans {
+        assert_no_secret(&secrets, &format!("{span:?}"), "an exported span");
+    }
+    let log_lines = mesh.output_lines();
+    assert!(log_lines.len() > answers.len(), "debug logs were captured: {} lines", log_lines.len());
+    for line in &log_lines {
+        assert_no_secret(&secrets, line, "a log line");
+    }
+    drop(mesh);
+    leak_role.drop_all().await;
+}
