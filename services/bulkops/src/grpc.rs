@@ -263,6 +263,7 @@ async fn job_message(store: &JobStore, row: &JobRow, with_errors: bool) -> Resul
             reason: row.stop_reason.clone(),
             domain: crate::error::ERROR_DOMAIN.to_owned(),
             message: row.stop_message.clone(),
+            retry_after: None,
         })
     });
     Ok(pb::Job {
@@ -358,6 +359,7 @@ fn error_status(row: &TargetRow) -> tonic_types::pb::Status {
         reason: row.error_reason.clone(),
         domain: row.error_domain.clone(),
         message: row.error_message.clone(),
+        retry_after: None,
     })
 }
 
@@ -374,6 +376,7 @@ fn target_result(row: &TargetRow) -> pb::TargetResult {
                 reason: row.compensation_reason.clone(),
                 domain: crate::error::ERROR_DOMAIN.to_owned(),
                 message: row.compensation_message.clone(),
+                retry_after: None,
             })
         }),
         start_time: row.started_at_micros.map(timestamp),

@@ -86,6 +86,7 @@ macro_rules! words {
 }
 
 words!(OperationKind { Suspend => "suspend", Activate => "activate", Backup => "backup", HealthCheck => "health_check" });
+words!(DomainState { Active => "active", Suspended => "suspended" });
 words!(BulkMode { Atomic => "atomic", BestEffort => "best_effort" });
 words!(JobState {
     Pending => "pending",
@@ -137,6 +138,53 @@ pub struct Failure {
     pub domain: String,
     /// The message.
     pub message: String,
+    /// The delay VirtualminGateway advised (`google.rpc.RetryInfo`) when it
+    /// refused with RESOURCE_EXHAUSTED: nothing was done, and the same call
+    /// may be made again after it. Not stored.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// The advised delay when this is a refusal to act for now (RESOURCE_EXHAUSTED
+    /// with `RetryInfo`, e.g. VirtualminGateway's per-server rate limit).
+    #[must_use]
+    pub fn rate_limited_for(&self) -> Option<Duration> {
+        self.retry_after.filter(|_| self.code == tonic_code::RESOURCE_EXHAUSTED)
+    }
+}
+
+/// gRPC code numbers this module needs, without depending on tonic.
+mod tonic_code {
+    /// `RESOURCE_EXHAUSTED`.
+    pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+}
+
+/// A domain's suspension state as read before a SUSPEND or ACTIVATE acted on
+/// it (stored on the target), so recovery and undo know what the job changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DomainState {
+    /// Enabled.
+    Active,
+    /// Disabled.
+    Suspended,
+}
+
+impl DomainState {
+    /// The state of a domain that is (or is not) suspended.
+    #[must_use]
+    pub fn of(suspended: bool) -> Self {
+        if suspended { Self::Suspended } else { Self::Active }
+    }
+
+    /// The state a SUSPEND or ACTIVATE job puts a domain in; `None` for other kinds.
+    #[must_use]
+    pub fn wanted_by(kind: OperationKind) -> Option<Self> {
+        match kind {
+            OperationKind::Suspend => Some(Self::Suspended),
+            OperationKind::Activate => Some(Self::Active),
+            OperationKind::Backup | OperationKind::HealthCheck => None,
+        }
+    }
 }
 
 /// Counts of a job's targets by state.

@@ -1,16 +1,27 @@
 //! `JobRunner`: claims jobs from the store and runs them.
 //!
 //! The order of writes is the crash-safety argument:
-//! 1. a target is written `issued` before its call is made;
-//! 2. the outcome is written after the call returns;
+//! 1. SUSPEND and ACTIVATE read the domain's state first (GetDomain); a
+//!    target is written `issued`, with that prior state, before its call;
+//! 2. the outcome is written after the call returns; `changed` is whether the
+//!    prior state differed from the wanted one;
 //! 3. on resume (another replica, or this one restarted), an `issued` target
 //!    is never called again blindly: its outcome is read back from
-//!    Virtualmin (GetDomain shows whether the suspend took effect; a backup's
-//!    operation id, persisted as soon as known, is polled). A backup whose id
-//!    was never learnt is recorded as failed with `OUTCOME_UNKNOWN` rather
-//!    than repeated.
+//!    Virtualmin (GetDomain shows whether the suspend took effect, and the
+//!    stored prior state whether the job made it so or found it so; a
+//!    backup's operation id, persisted as soon as known, is polled). A backup
+//!    whose id was never learnt is asked for again under the same idempotency
+//!    key (`bulkops-<job>-<index>-backup-<attempt>`), which VirtualminGateway
+//!    answers with the first call's operation instead of a second backup.
 //!
-//! Undo (ATOMIC) follows the same rule with `compensation_issued`.
+//! Undo (ATOMIC) follows the same rule with `compensation_issued`, and only
+//! ever puts a domain back into its recorded prior state.
+//!
+//! A call VirtualminGateway refuses with RESOURCE_EXHAUSTED and a
+//! `RetryInfo` (its per-server rate limit) did nothing: the runner waits the
+//! advised delay, bounded by the job's deadline, and makes it again, instead
+//! of failing the target. A job stopped while a target waits leaves that
+//! target pending (then skipped).
 //!
 //! Outcomes are numbered (`finish_seq`) under one lock per job, so their
 //! commits are in number order and WatchJob, reading "after the last number
@@ -29,7 +40,7 @@ use tokio::time::Instant;
 use tonic::Code;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::model::{BulkMode, Failure, JobState, OperationKind, TargetState};
+use crate::model::{BulkMode, DomainState, Failure, JobState, OperationKind, TargetState};
 use crate::store::{JobEnd, JobRow, JobStore, Outcome, TargetRow, now_micros};
 use crate::virtualmin::{BackupProgress, Virtualmin, outcome_unknown, own_failure, within};
 
@@ -366,30 +377,40 @@ impl JobRunner {
             let index = target.idx;
             let settled = match job.kind {
                 OperationKind::Suspend | OperationKind::Activate => {
-                    let want_suspended = job.kind == OperationKind::Suspend;
-                    let read =
-                        within(job.deadline, self.virtualmin.is_suspended(&target.server_id, &target.domain_name))
-                            .await;
+                    let want = DomainState::wanted_by(job.kind);
+                    let read = patiently(job.deadline, &job.control.stop, || {
+                        self.virtualmin.is_suspended(&target.server_id, &target.domain_name)
+                    })
+                    .await;
                     match read {
-                        // It took effect: done, and it counts as a change to undo.
-                        Ok(suspended) if suspended == want_suspended => Some(Outcome::Succeeded {
-                            changed: true,
-                            detail: format!("{} (found so after a restart)", done_word(job.kind)),
-                        }),
+                        // Stopped while waiting for the rate limit: the next run settles it.
+                        None => continue,
+                        // In the wanted state: done. It counts as a change to undo only if
+                        // the job found it otherwise before acting.
+                        Some(Ok(suspended)) if Some(DomainState::of(suspended)) == want => {
+                            let prior = DomainState::parse(&target.prior_state);
+                            let changed = prior.is_none_or(|prior| Some(prior) != want);
+                            let detail = if changed {
+                                format!("{} (found so after a restart)", done_word(job.kind))
+                            } else {
+                                format!("already {} before the job (found so after a restart)", done_word(job.kind))
+                            };
+                            Some(Outcome::Succeeded { changed, detail })
+                        }
                         // It never took effect: it may be issued again.
-                        Ok(_) => None,
-                        Err(failure) => Some(Outcome::Failed(failure)),
+                        Some(Ok(_)) => None,
+                        Some(Err(failure)) => Some(Outcome::Failed(failure)),
                     }
                 }
                 OperationKind::Backup if !target.operation_id.is_empty() => {
                     Some(self.await_backup(job, &target.operation_id, &backup_path(job, &target)).await)
                 }
-                OperationKind::Backup => Some(Outcome::Failed(own_failure(
-                    Code::Unknown,
-                    "OUTCOME_UNKNOWN",
-                    "the backup call was in flight when BulkOps stopped and Virtualmin's API cannot tell whether it \
-                     started; it is not repeated",
-                ))),
+                // The answer to BackupDomain was lost: ask again under the same key,
+                // which VirtualminGateway answers with the backup already started.
+                OperationKind::Backup => match self.backup(job, &target).await {
+                    Some(outcome) => Some(outcome),
+                    None => continue,
+                },
                 // Read-only: asking again is harmless.
                 OperationKind::HealthCheck => None,
             };
@@ -417,62 +438,132 @@ impl JobRunner {
         if job.control.stop.is_cancelled() {
             return Ok(());
         }
-        self.store.mark_issued(&job.id, target.idx).await?;
-        let outcome = self.act(job, &target).await;
+        // SUSPEND and ACTIVATE: what the domain was before, persisted with `issued`.
+        let prior = if DomainState::wanted_by(job.kind).is_some() {
+            let read = patiently(job.deadline, &job.control.stop, || {
+                self.virtualmin.is_suspended(&target.server_id, &target.domain_name)
+            })
+            .await;
+            match read {
+                None => return Ok(()),
+                Some(Ok(suspended)) => Some(DomainState::of(suspended)),
+                // Nothing was done to the domain; the target fails as it is.
+                Some(Err(failure)) => return self.settle(job, target.idx, Outcome::Failed(failure)).await,
+            }
+        } else {
+            None
+        };
+        self.store.mark_issued(&job.id, target.idx, prior).await?;
+        match self.act(job, &target, prior).await {
+            Some(outcome) => self.settle(job, target.idx, outcome).await,
+            // Stopped while a rate limit held it back: nothing was done.
+            None => self.store.reset_to_pending(&job.id, target.idx).await,
+        }
+    }
+
+    /// Records a target's outcome; an ATOMIC job stops at its first failure.
+    async fn settle(&self, job: &RunningJob, index: i32, outcome: Outcome) -> Result<(), sea_orm::DbErr> {
         if matches!(outcome, Outcome::Failed(_)) && job.mode == BulkMode::Atomic {
             job.control.stop(StopCause::AtomicFailure);
         }
-        self.record(job, target.idx, &outcome).await
+        self.record(job, index, &outcome).await
     }
 
-    async fn act(&self, job: &RunningJob, target: &TargetRow) -> Outcome {
+    /// The operation on one target; `None` when the job stopped while a rate
+    /// limit held the call back (nothing was done).
+    async fn act(&self, job: &RunningJob, target: &TargetRow, prior: Option<DomainState>) -> Option<Outcome> {
         let (server, domain) = (target.server_id.as_str(), target.domain_name.as_str());
-        match job.kind {
+        Some(match job.kind {
             OperationKind::Suspend | OperationKind::Activate => {
                 let suspend = job.kind == OperationKind::Suspend;
-                let call = async {
+                let call = || async {
                     if suspend {
                         self.virtualmin.suspend(server, domain, &job.suspend_reason).await
                     } else {
                         self.virtualmin.unsuspend(server, domain).await
                     }
                 };
-                match within(job.deadline, call).await {
-                    Ok(already) => Outcome::Succeeded {
-                        changed: !already,
-                        detail: if already {
-                            format!("already {}", done_word(job.kind))
-                        } else {
+                let want = DomainState::wanted_by(job.kind);
+                match patiently(job.deadline, &job.control.stop, call).await? {
+                    Ok(already) => {
+                        // The state read before the call decides; Virtualmin's "already"
+                        // answers only when that read is missing.
+                        let changed = prior.map_or(!already, |prior| Some(prior) != want);
+                        let detail = if changed {
                             done_word(job.kind).to_owned()
-                        },
-                    },
-                    Err(failure) if outcome_unknown(&failure) => self.read_back(job, target, suspend, failure).await,
+                        } else {
+                            format!("already {}", done_word(job.kind))
+                        };
+                        Outcome::Succeeded { changed, detail }
+                    }
+                    Err(failure) if outcome_unknown(&failure) => self.read_back(job, target, prior, failure).await,
                     Err(failure) => Outcome::Failed(failure),
                 }
             }
-            OperationKind::Backup => {
-                let path = backup_path(job, target);
-                let operation_id = match within(job.deadline, self.virtualmin.start_backup(server, domain, &path)).await
-                {
-                    Ok(operation_id) => operation_id,
-                    Err(failure) => return Outcome::Failed(failure),
-                };
-                if let Err(error) = self.store.set_operation_id(&job.id, target.idx, &operation_id).await {
-                    warn!(%error, "cannot persist the backup's operation id; a restart would record its outcome as unknown");
-                }
-                self.await_backup(job, &operation_id, &path).await
+            OperationKind::Backup => return self.backup(job, target).await,
+            OperationKind::HealthCheck => return self.health_check(job, server, domain).await,
+        })
+    }
+
+    /// Starts (or, after a lost answer, finds again through its idempotency
+    /// key) the target's backup and waits for it. An attempt the rate limit
+    /// refused did nothing: the next attempt, under the next key, follows the
+    /// advised delay. `None` when the job stopped during such a wait.
+    async fn backup(&self, job: &RunningJob, target: &TargetRow) -> Option<Outcome> {
+        let (server, domain) = (target.server_id.as_str(), target.domain_name.as_str());
+        let path = backup_path(job, target);
+        let mut attempt = target.attempt;
+        loop {
+            let key = backup_key(&job.id, target.idx, attempt);
+            let started = patiently(job.deadline, &job.control.stop, || {
+                self.virtualmin.start_backup(server, domain, &path, &key)
+            })
+            .await?;
+            let operation_id = match started {
+                Ok(operation_id) => operation_id,
+                Err(failure) => return Some(Outcome::Failed(failure)),
+            };
+            if let Err(error) = self.store.set_operation_id(&job.id, target.idx, &operation_id).await {
+                warn!(%error, "cannot persist the backup's operation id; a restart finds it again by its key");
             }
-            OperationKind::HealthCheck => self.health_check(job, server, domain).await,
+            let outcome = self.await_backup(job, &operation_id, &path).await;
+            let Outcome::Failed(failure) = &outcome else { return Some(outcome) };
+            // Refused by the rate limit inside the operation: backup-domain never ran.
+            let Some(delay) = failure.rate_limited_for() else { return Some(outcome) };
+            if Instant::now() + delay >= job.deadline {
+                return Some(outcome);
+            }
+            attempt += 1;
+            if let Err(error) = self.store.set_attempt(&job.id, target.idx, attempt).await {
+                warn!(%error, "cannot persist the backup's next attempt; recording the rate-limited one");
+                return Some(outcome);
+            }
+            debug!(attempt, delay_ms = delay.as_millis(), "backup refused by the rate limit; waiting");
+            tokio::select! {
+                () = job.control.stop.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
 
     /// After an answer was lost, reads the domain's state back instead of
     /// guessing (or acting twice).
-    async fn read_back(&self, job: &RunningJob, target: &TargetRow, suspend: bool, failure: Failure) -> Outcome {
+    async fn read_back(
+        &self,
+        job: &RunningJob,
+        target: &TargetRow,
+        prior: Option<DomainState>,
+        failure: Failure,
+    ) -> Outcome {
         let budget = Instant::now() + CLEANUP_BUDGET.min(Duration::from_secs(30));
-        match within(budget, self.virtualmin.is_suspended(&target.server_id, &target.domain_name)).await {
-            Ok(suspended) if suspended == suspend => Outcome::Succeeded {
-                changed: true,
+        let want = DomainState::wanted_by(job.kind);
+        let read = patiently(budget, &CancellationToken::new(), || {
+            self.virtualmin.is_suspended(&target.server_id, &target.domain_name)
+        })
+        .await;
+        match read {
+            Some(Ok(suspended)) if Some(DomainState::of(suspended)) == want => Outcome::Succeeded {
+                changed: prior.is_none_or(|prior| Some(prior) != want),
                 detail: format!("{} (read back after: {})", done_word(job.kind), failure.message),
             },
             _ => Outcome::Failed(failure),
@@ -492,7 +583,7 @@ impl JobRunner {
         }
     }
 
-    async fn health_check(&self, job: &RunningJob, server: &str, domain: &str) -> Outcome {
+    async fn health_check(&self, job: &RunningJob, server: &str, domain: &str) -> Option<Outcome> {
         let cell = job
             .server_health
             .lock()
@@ -500,29 +591,45 @@ impl JobRunner {
             .entry(server.to_owned())
             .or_default()
             .clone();
-        let server_health =
-            cell.get_or_init(|| async { within(job.deadline, self.virtualmin.check_server(server)).await }).await;
+        // One probe per server and job, whoever waits for it; a rate limit is waited out
+        // within the job's time (the stop token is not used: the probe is shared).
+        let server_health = cell
+            .get_or_init(|| async {
+                patiently(job.deadline, &CancellationToken::new(), || self.virtualmin.check_server(server))
+                    .await
+                    .unwrap_or_else(|| Err(own_failure(Code::Cancelled, "STOPPED", "the job stopped")))
+            })
+            .await;
         let latency = match server_health {
             Ok(latency) => *latency,
-            Err(failure) => return Outcome::Failed(failure.clone()),
+            Err(failure) => return Some(Outcome::Failed(failure.clone())),
         };
-        match within(job.deadline, self.virtualmin.is_suspended(server, domain)).await {
-            Ok(suspended) => Outcome::Succeeded {
-                changed: false,
-                detail: format!(
-                    "server healthy ({} ms probe); domain {}",
-                    latency.as_millis(),
-                    if suspended { "suspended" } else { "active" }
-                ),
+        Some(
+            match patiently(job.deadline, &job.control.stop, || self.virtualmin.is_suspended(server, domain)).await? {
+                Ok(suspended) => Outcome::Succeeded {
+                    changed: false,
+                    detail: format!(
+                        "server healthy ({} ms probe); domain {}",
+                        latency.as_millis(),
+                        if suspended { "suspended" } else { "active" }
+                    ),
+                },
+                Err(failure) => Outcome::Failed(failure),
             },
-            Err(failure) => Outcome::Failed(failure),
-        }
+        )
     }
 
     /// Undoes every completed target that changed its domain.
     async fn compensate(&self, job: &Arc<RunningJob>) -> Result<(), sea_orm::DbErr> {
-        let done: Vec<TargetRow> =
-            self.store.targets_in(&job.id, TargetState::Succeeded).await?.into_iter().filter(|t| t.changed).collect();
+        // Only what this job changed; never a domain the job found already as it wanted it.
+        let want = DomainState::wanted_by(job.kind);
+        let done: Vec<TargetRow> = self
+            .store
+            .targets_in(&job.id, TargetState::Succeeded)
+            .await?
+            .into_iter()
+            .filter(|t| t.changed && (want.is_none() || DomainState::parse(&t.prior_state) != want))
+            .collect();
         info!(count = done.len(), "undoing completed targets");
         let results: Vec<Result<(), sea_orm::DbErr>> = futures_util::stream::iter(done)
             .map(|target| self.undo(job, target))
@@ -537,30 +644,32 @@ impl JobRunner {
         let budget = Instant::now() + CLEANUP_BUDGET;
         let failure = match job.kind {
             OperationKind::Suspend | OperationKind::Activate => {
-                // Undo of a suspend is an activate, and the other way round.
+                // Undo of a suspend is an activate, and the other way round: the
+                // prior state recorded before the job acted.
                 let want_suspended = job.kind == OperationKind::Activate;
-                if target.compensation_issued
-                    && within(budget, self.virtualmin.is_suspended(server, domain)).await == Ok(want_suspended)
-                {
+                let never = CancellationToken::new();
+                let read = || self.virtualmin.is_suspended(server, domain);
+                if target.compensation_issued && patiently(budget, &never, read).await == Some(Ok(want_suspended)) {
                     // Issued before a restart and it took effect.
                     None
                 } else {
                     self.store.mark_compensation_issued(&job.id, target.idx).await?;
-                    let call = async {
+                    let call = || async {
                         if want_suspended {
                             self.virtualmin.suspend(server, domain, "bulk job rolled back").await
                         } else {
                             self.virtualmin.unsuspend(server, domain).await
                         }
                     };
-                    within(budget, call).await.err()
+                    patiently(budget, &never, call).await.and_then(Result::err)
                 }
             }
             OperationKind::Backup => Some(own_failure(
                 Code::FailedPrecondition,
                 "BACKUP_NOT_REMOVABLE",
                 format!(
-                    "VirtualminGateway has no call that deletes a file, so the archive at {} was left in place",
+                    "the archive at {} was left in place: Virtualmin's remote API has no program that deletes a \
+                     backup (backup-domain only writes one) and VirtualminGateway has no call that deletes a file",
                     backup_path(job, &target)
                 ),
             )),
@@ -614,6 +723,40 @@ fn done_word(kind: OperationKind) -> &'static str {
         OperationKind::Backup => "backed up",
         OperationKind::HealthCheck => "checked",
     }
+}
+
+/// Runs `call` until it is not refused by a rate limit: after a
+/// RESOURCE_EXHAUSTED with `RetryInfo` (nothing was done), waits the advised
+/// delay and calls again, while the delay ends before `deadline`; past that,
+/// the refusal is the answer. `None` when `stop` fires during a wait.
+async fn patiently<T, F, Fut>(deadline: Instant, stop: &CancellationToken, mut call: F) -> Option<Result<T, Failure>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    loop {
+        let failure = match within(deadline, call()).await {
+            Err(failure) => failure,
+            done => return Some(done),
+        };
+        let Some(delay) = failure.rate_limited_for() else { return Some(Err(failure)) };
+        if Instant::now() + delay >= deadline {
+            return Some(Err(failure));
+        }
+        debug!(reason = failure.reason, delay_ms = delay.as_millis(), "refused by a rate limit; waiting");
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The idempotency key of a target's backup attempt: stable across retries
+/// and restarts, different per job, target and attempt; at most 128
+/// printable characters (a UUID job id keeps it near 60).
+#[must_use]
+pub fn backup_key(job_id: &str, index: i32, attempt: i32) -> String {
+    format!("bulkops-{job_id}-{index}-backup-{attempt}")
 }
 
 /// Where a target's backup goes: `<directory>/<domain>.tar.gz`.

@@ -5,8 +5,10 @@
 //!
 //! A target row is written before its domain is touched (`state = 'issued'`)
 //! and again with the outcome; `finish_seq` orders outcomes within a job so
-//! WatchJob can send each one once. `changed` says whether the operation
-//! changed the domain, so undo touches only what this job changed.
+//! WatchJob can send each one once. `prior_state` is the domain's state read
+//! before the call (persisted with `issued`), and `changed` says whether the
+//! operation changed the domain, so recovery and undo touch only what this job
+//! changed.
 
 use sea_orm_migration::prelude::*;
 
@@ -118,6 +120,14 @@ pub mod bulk_target {
         pub finished_at_micros: Option<i64>,
         /// Order of outcomes within the job; 0 until the first one.
         pub finish_seq: i64,
+        /// SUSPEND/ACTIVATE: the domain's state read just before the call, as a
+        /// [`crate::model::DomainState`] word, persisted with `issued`; empty
+        /// when not read (other kinds, or rows from before this column).
+        pub prior_state: String,
+        /// BACKUP: which attempt this is, from 0; part of the idempotency key sent
+        /// with BackupDomain. Bumped (before the next call) only after an attempt
+        /// that certainly did nothing (refused by a rate limit).
+        pub attempt: i32,
     }
 
     /// Targets relate to their job only by `job_id`.
@@ -134,7 +144,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateJobs)]
+        vec![Box::new(CreateJobs), Box::new(AddPriorState)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -200,6 +210,35 @@ const CREATE_JOBS: [&str; 5] = [
     // WatchJob reads a job's outcomes after the last one it sent.
     "CREATE INDEX bulk_targets_finished ON bulk_targets (job_id, finish_seq)",
 ];
+
+/// What each target was before the job acted on it, and the backup attempt.
+#[derive(Debug)]
+struct AddPriorState;
+
+/// Named by hand: `DeriveMigrationName` names a migration after its file, so a
+/// second derived one here would share `CreateJobs`'s name and never run.
+impl MigrationName for AddPriorState {
+    fn name(&self) -> &'static str {
+        "m0002_bulk_targets_prior_state"
+    }
+}
+
+/// Valid on both SQLite and PostgreSQL as written (one column per statement for SQLite).
+const ADD_PRIOR_STATE: [&str; 2] = [
+    "ALTER TABLE bulk_targets ADD COLUMN prior_state TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE bulk_targets ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddPriorState {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let connection = manager.get_connection();
+        for statement in ADD_PRIOR_STATE {
+            connection.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateJobs {

@@ -22,7 +22,7 @@ use tracing::info;
 
 use crate::config::DatabaseLocation;
 use crate::error::BulkOpsError;
-use crate::model::{BulkMode, Failure, JobState, OperationKind, Target, TargetCounts, TargetState};
+use crate::model::{BulkMode, DomainState, Failure, JobState, OperationKind, Target, TargetCounts, TargetState};
 use crate::schema::{Migrator, bulk_job, bulk_target};
 
 /// A stored job row.
@@ -32,7 +32,7 @@ pub type TargetRow = bulk_target::Model;
 
 /// How often opening tries the migration before giving up.
 const MIGRATION_ATTEMPTS: u32 = 5;
-/// Targets inserted per statement: 7 bound values each, well under SQLite's 32766.
+/// Targets inserted per statement: 21 bound values each, under SQLite's 32766.
 const INSERT_CHUNK: usize = 1000;
 
 /// Microseconds since the Unix epoch, as stored.
@@ -339,6 +339,8 @@ fn new_target_row(job_id: &str, index: usize, target: &Target) -> bulk_target::A
         started_at_micros: Set(None),
         finished_at_micros: Set(None),
         finish_seq: Set(0),
+        prior_state: Set(String::new()),
+        attempt: Set(0),
     }
 }
 
@@ -451,11 +453,24 @@ impl JobStore {
         Ok(())
     }
 
-    /// Persists that the operation on a target is about to be issued.
-    pub async fn mark_issued(&self, id: &str, index: i32) -> Result<(), DbErr> {
+    /// Persists that the operation on a target is about to be issued, with
+    /// the domain's state read just before (SUSPEND and ACTIVATE), in one write.
+    pub async fn mark_issued(&self, id: &str, index: i32, prior: Option<DomainState>) -> Result<(), DbErr> {
         update_target(id, index)
             .col_expr(bulk_target::Column::State, Expr::value(TargetState::Issued.as_str()))
             .col_expr(bulk_target::Column::StartedAtMicros, Expr::value(now_micros()))
+            .col_expr(bulk_target::Column::PriorState, Expr::value(prior.map_or("", DomainState::as_str)))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Persists a backup's next attempt (its idempotency key changes with it)
+    /// and forgets the previous attempt's operation id, before the next call.
+    pub async fn set_attempt(&self, id: &str, index: i32, attempt: i32) -> Result<(), DbErr> {
+        update_target(id, index)
+            .col_expr(bulk_target::Column::Attempt, Expr::value(attempt))
+            .col_expr(bulk_target::Column::OperationId, Expr::value(""))
             .exec(&self.db)
             .await?;
         Ok(())

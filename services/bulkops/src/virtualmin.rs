@@ -8,6 +8,7 @@ use std::time::Duration;
 use mesh_kit::client::{self, MeshChannel};
 use mesh_proto::virtualmin::v1 as pb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
+use prost::Message as _;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -115,14 +116,22 @@ impl Virtualmin {
         Ok(domain.suspended)
     }
 
-    /// Starts a backup; returns its operation id.
-    pub async fn start_backup(&self, server_id: &str, domain_name: &str, path: &str) -> Result<String, Failure> {
+    /// Starts a backup under `idempotency_key`; returns its operation id. A
+    /// repeat with the same key (a retry, or a resume after a crash) is answered
+    /// by VirtualminGateway with the first call's operation, without a second backup.
+    pub async fn start_backup(
+        &self,
+        server_id: &str,
+        domain_name: &str,
+        path: &str,
+        idempotency_key: &str,
+    ) -> Result<String, Failure> {
         let request = pb::BackupDomainRequest {
             server_id: server_id.to_owned(),
             domain_name: domain_name.to_owned(),
             destination_path: path.to_owned(),
             compression: pb::BackupCompression::Gzip.into(),
-            ..Default::default()
+            idempotency_key: idempotency_key.to_owned(),
         };
         let response = self.client.clone().backup_domain(request).await.map_err(|s| failure_of(&s))?;
         Ok(response.into_inner().operation_id)
@@ -135,15 +144,7 @@ impl Virtualmin {
         let operation = response.into_inner().operation.unwrap_or_default();
         Ok(match operation.state() {
             pb::BackupState::Succeeded => BackupProgress::Succeeded,
-            pb::BackupState::Failed => {
-                let error = operation.error.unwrap_or_default();
-                BackupProgress::Failed(Failure {
-                    code: error.code,
-                    reason: "BACKUP_FAILED".to_owned(),
-                    domain: "mesh.virtualmin.v1".to_owned(),
-                    message: error.message,
-                })
-            }
+            pb::BackupState::Failed => BackupProgress::Failed(failure_of_status(operation.error.unwrap_or_default())),
             pb::BackupState::Running | pb::BackupState::Unspecified => BackupProgress::Running,
         })
     }
@@ -162,6 +163,7 @@ impl Virtualmin {
                 reason: if health.reason.is_empty() { "SERVER_UNHEALTHY".to_owned() } else { health.reason },
                 domain: "mesh.virtualmin.v1".to_owned(),
                 message: format!("server {server_id} is unhealthy"),
+                retry_after: None,
             })
         }
     }
@@ -178,10 +180,17 @@ pub async fn within<T>(deadline: Instant, call: impl Future<Output = Result<T, F
 /// A failure BulkOps itself decided.
 #[must_use]
 pub fn own_failure(code: Code, reason: &str, message: impl Into<String>) -> Failure {
-    Failure { code: code as i32, reason: reason.to_owned(), domain: OWN_DOMAIN.to_owned(), message: message.into() }
+    Failure {
+        code: code as i32,
+        reason: reason.to_owned(),
+        domain: OWN_DOMAIN.to_owned(),
+        message: message.into(),
+        retry_after: None,
+    }
 }
 
-/// A VirtualminGateway status as a recorded failure, keeping its `ErrorInfo` reason.
+/// A VirtualminGateway status as a recorded failure, keeping its `ErrorInfo`
+/// reason and, for RESOURCE_EXHAUSTED, the delay its `RetryInfo` advises.
 #[must_use]
 pub fn failure_of(status: &tonic::Status) -> Failure {
     let details = status.get_error_details();
@@ -189,7 +198,33 @@ pub fn failure_of(status: &tonic::Status) -> Failure {
         || (format!("{:?}", status.code()).to_uppercase(), String::new()),
         |info| (info.reason.clone(), info.domain.clone()),
     );
-    Failure { code: status.code() as i32, reason, domain, message: status.message().to_owned() }
+    let retry_after = details.retry_info().and_then(|info| info.retry_delay);
+    Failure { code: status.code() as i32, reason, domain, message: status.message().to_owned(), retry_after }
+}
+
+/// A failed backup operation's `google.rpc.Status` as a recorded failure:
+/// its `ErrorInfo` reason (`BACKUP_FAILED` when it has none) and `RetryInfo` delay.
+fn failure_of_status(error: tonic_types::pb::Status) -> Failure {
+    let mut failure = Failure {
+        code: error.code,
+        reason: "BACKUP_FAILED".to_owned(),
+        domain: "mesh.virtualmin.v1".to_owned(),
+        message: error.message,
+        retry_after: None,
+    };
+    for detail in &error.details {
+        if detail.type_url.ends_with("/google.rpc.ErrorInfo")
+            && let Ok(info) = tonic_types::pb::ErrorInfo::decode(detail.value.as_slice())
+        {
+            failure.reason = info.reason;
+            failure.domain = info.domain;
+        } else if detail.type_url.ends_with("/google.rpc.RetryInfo")
+            && let Ok(info) = tonic_types::pb::RetryInfo::decode(detail.value.as_slice())
+        {
+            failure.retry_after = info.retry_delay.and_then(|d| Duration::try_from(d).ok());
+        }
+    }
+    failure
 }
 
 /// Whether a failed call may still have taken effect (the answer was lost),

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use mesh_proto::bulkops::v1 as pb;
+use mesh_proto::virtualmin::v1 as vpb;
 use mesh_virtualmin_sim::{Fault, FaultRule};
 use support::{BulkOps, TestDb, Virtualmin, reason_of, request, watch_to_end};
 use tonic::Code;
@@ -277,7 +278,66 @@ async fn two_replicas_never_run_a_job_twice(db: &TestDb) {
     assert!(calls.values().all(|count| *count == 1), "no domain acted on twice");
 }
 
+async fn rate_limited_targets_wait_and_are_retried_not_failed(db: &TestDb) {
+    // 10 remote calls per second for the whole server: the job's 2 calls per
+    // target (the prior-state read and the suspend) run into the limit often.
+    let limit = [("VIRTUALMIN_RATE_LIMIT_MAX_CALLS", "10"), ("VIRTUALMIN_RATE_LIMIT_WINDOW", "1")];
+    let virtualmin = Virtualmin::start_with(40, 8, &limit).await;
+    let bulkops = BulkOps::start(db, &virtualmin, &[]).await;
+    let domains: Vec<String> = active_domains(&virtualmin.states().await).into_iter().take(12).collect();
+    assert_eq!(domains.len(), 12);
+    let mut client = bulkops.client().await;
+    let mut start = request(pb::OperationKind::Suspend, &domains, pb::BulkMode::Atomic);
+    start.max_concurrency = 6;
+    let started = client.start_bulk_operation(start).await.unwrap().into_inner();
+    let (results, job) = watch_to_end(&mut client, &started.job_id).await;
+
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{}: {:?}", db.backend_name, job.stop_reason);
+    let result = job.result.unwrap();
+    assert_eq!((result.successful_count, result.failed_count), (12, 0));
+    assert!(!result.rollback_performed);
+    assert_eq!(results.len(), 12);
+    let calls = virtualmin.calls_per_domain("disable-domain");
+    assert_eq!(calls.len(), 12);
+    assert!(calls.values().all(|n| *n == 1), "refused calls never reached Virtualmin: {calls:?}");
+    // The gateway did refuse calls of this job for the rate limit.
+    let metrics = virtualmin.client().await.get_call_metrics(vpb::GetCallMetricsRequest::default()).await;
+    let refused: u64 = metrics
+        .unwrap()
+        .into_inner()
+        .programs
+        .iter()
+        .flat_map(|program| program.errors_by_reason.iter())
+        .filter(|count| count.reason == "RATE_LIMITED")
+        .map(|count| count.count)
+        .sum();
+    assert!(refused > 0, "the job ran into the rate limit");
+}
+
+async fn a_rate_limit_longer_than_the_job_fails_the_target(db: &TestDb) {
+    // One call per minute: the advised wait is beyond a 2 s job.
+    let limit = [("VIRTUALMIN_RATE_LIMIT_MAX_CALLS", "1"), ("VIRTUALMIN_RATE_LIMIT_WINDOW", "60")];
+    let virtualmin = Virtualmin::start_with(4, 4, &limit).await;
+    let bulkops = BulkOps::start(db, &virtualmin, &[("VIRTUALMIN_API_BULK_TIMEOUT", "2")]).await;
+    let domains: Vec<String> = virtualmin.simulator.domain_names().into_iter().take(2).collect();
+    let mut client = bulkops.client().await;
+    let mut start = request(pb::OperationKind::Suspend, &domains, pb::BulkMode::BestEffort);
+    start.max_concurrency = 1;
+    let started = client.start_bulk_operation(start).await.unwrap().into_inner();
+    let (_, job) = watch_to_end(&mut client, &started.job_id).await;
+    assert_eq!(job.state(), pb::JobState::Failed, "{}", db.backend_name);
+    let result = job.result.unwrap();
+    assert_eq!(result.failed_count, 2, "{result:?}");
+    for error in &result.errors {
+        let status = error.error.as_ref().unwrap();
+        assert_eq!(status.code, Code::ResourceExhausted as i32, "{status:?}");
+    }
+    assert!(virtualmin.calls_per_domain("disable-domain").len() <= 1);
+}
+
 on_both_backends!(
+    rate_limited_targets_wait_and_are_retried_not_failed,
+    a_rate_limit_longer_than_the_job_fails_the_target,
     best_effort_counts_are_exact_under_three_percent_failures,
     atomic_failure_at_item_500_restores_the_exact_prior_state,
     cancel_stops_the_job_midway,

@@ -75,6 +75,17 @@ impl TestDb {
         }
     }
 
+    /// A connection to the job database, for tests that read or edit rows
+    /// the API does not show.
+    pub async fn connect(&self) -> sea_orm::DatabaseConnection {
+        let pool = mesh_kit::database::PoolSettings {
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(5),
+            sqlite_cache_kib: 2048,
+        };
+        mesh_kit::database::connect(&self.location, pool).await.expect("connect to the job database")
+    }
+
     /// Removes the PostgreSQL database (SQLite's directory goes on drop).
     pub async fn finish(self) {
         if let Some((admin_url, name)) = &self.postgres {
@@ -99,6 +110,11 @@ impl Virtualmin {
     /// A simulator with `domains` domains, and VirtualminGateway configured for it
     /// with room for bulk work (no rate limit in the way, `pool` connections).
     pub async fn start(domains: usize, pool: u32) -> Self {
+        Self::start_with(domains, pool, &[]).await
+    }
+
+    /// As [`Virtualmin::start`], with extra VirtualminGateway variables (e.g. a rate limit).
+    pub async fn start_with(domains: usize, pool: u32, extra: &[(&str, &str)]) -> Self {
         let shutdown = CancellationToken::new();
         let simulator = Simulator::new(SimulatorConfig { domain_count: domains, ..SimulatorConfig::default() });
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,6 +128,7 @@ impl Virtualmin {
             .with_var("SIM_PASSWORD", "simulator")
             .with_var("VIRTUALMIN_RATE_LIMIT_MAX_CALLS", "1000000")
             .with_var("VIRTUALMIN_CONNECTION_POOL_SIZE", pool.to_string());
+        let config_source = extra.iter().fold(config_source, |source, (name, value)| source.with_var(*name, *value));
         let url = serve(|rt| Box::pin(mesh_virtualmin::run(rt)), config_source, &shutdown).await;
         Self { simulator, url, shutdown }
     }
@@ -284,4 +301,112 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// The environment variable that makes the re-executed test binary serve
+/// BulkOps (see [`ChildBulkOps`]).
+pub const CHILD_VAR: &str = "BULKOPS_TEST_CHILD_PROCESS";
+
+/// BulkOps in a process of its own, so it can be killed with SIGKILL: this
+/// test binary re-executed to run only its `bulkops_child` test, which serves
+/// BulkOps with the variables given here and prints its address.
+pub struct ChildBulkOps {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl ChildBulkOps {
+    /// Starts BulkOps on `db`, calling `virtualmin`, with a 1 s lease so a
+    /// successor takes a killed replica's jobs over quickly.
+    pub fn spawn(db: &TestDb, virtualmin: &Virtualmin) -> Self {
+        use std::io::BufRead as _;
+        let executable = std::env::current_exe().expect("the test binary's path");
+        let mut command = std::process::Command::new(executable);
+        command
+            .args(["--exact", "bulkops_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_VAR, "1")
+            .env("RUST_LOG", "warn")
+            .env("MESH_BULKOPS_VIRTUALMIN_ENDPOINT", &virtualmin.url)
+            .env("MESH_BULKOPS_LEASE_DURATION", "1")
+            .env("MESH_BULKOPS_POLL_INTERVAL", "0.1")
+            .env("MESH_BULKOPS_BACKUP_POLL_INTERVAL", "0.05")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (name, value) in db.vars() {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the BulkOps child process starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("the child prints its address before exiting").expect("stdout line");
+            // libtest writes `test bulkops_child ... ` before it on the same line.
+            if let Some((_, url)) = line.split_once("bulkops listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining the child's stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, url }
+    }
+
+    /// A client.
+    pub async fn client(&self) -> BulkOpsClient<Channel> {
+        BulkOpsClient::connect(self.url.clone()).await.expect("BulkOps accepts connections")
+    }
+
+    /// SIGKILL, then reaps the process: no shutdown code runs, leases stay held until they lapse.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("reap the child");
+        assert!(!status.success(), "the child was killed, not exited: {status}");
+    }
+}
+
+impl Drop for ChildBulkOps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the `bulkops_child` test runs when [`CHILD_VAR`] is set: BulkOps
+/// configured from the process environment, serving until killed.
+pub fn serve_as_child() {
+    let source = ConfigSource::from_process();
+    if source.var(CHILD_VAR).is_none() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "bulkops listening on http://{}", listener.local_addr().unwrap()).unwrap();
+            stdout.flush().unwrap();
+        }
+        let runtime = Runtime {
+            listener,
+            server_settings: ServerSettings::default(),
+            config_source: source,
+            shutdown: CancellationToken::new(),
+        };
+        mesh_bulkops::run(runtime).await.expect("BulkOps serves until killed");
+    });
+}
+
+/// Waits until `check` holds, looking again every 20 ms, for at most 60 s:
+/// for states no event announces (targets issued, ids persisted).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
 }
