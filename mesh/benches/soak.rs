@@ -9,6 +9,8 @@
 //! "Soak" section of docs/benchmarks.md.
 //!
 //! Usage: `cargo bench -p mesh --bench soak -- --seconds 60` (or `bench/soak/run 60`).
+//! `--load-fraction 0.8` holds another share of the maximum; `--samples PATH`
+//! writes the per-second samples as JSON for `bench/run`'s plots.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,8 +30,8 @@ use tonic::transport::Channel;
 const CALLERS: usize = 16;
 /// How long the maximum rate is measured.
 const CALIBRATION: Duration = Duration::from_secs(5);
-/// The share of the measured maximum held during the soak.
-const LOAD_FRACTION: f64 = 0.5;
+/// The share of the measured maximum held during the soak, unless `--load-fraction` says otherwise.
+const DEFAULT_LOAD_FRACTION: f64 = 0.5;
 /// The first share of the soak, not judged: caches, pools and allocator arenas fill.
 const WARM_UP_FRACTION: f64 = 0.25;
 /// Resident memory the fitted line may still gain over the judged window.
@@ -227,8 +229,13 @@ async fn operation(clients: &mut Clients, caller: usize, sequence: u64, domain: 
 /// Runs the mix for `length`: closed loop when `rate_per_second` is `None`,
 /// else each caller paced to its share of the rate.
 #[allow(clippy::cast_precision_loss)] // a handful of callers
-async fn run_load(clients: &Clients, domain: &str, length: Duration, rate_per_second: Option<f64>) -> Arc<Tally> {
-    let tally = Arc::new(Tally::default());
+async fn run_load(
+    clients: &Clients,
+    domain: &str,
+    length: Duration,
+    rate_per_second: Option<f64>,
+    tally: Arc<Tally>,
+) -> Arc<Tally> {
     let end = Instant::now() + length;
     let mut callers = tokio::task::JoinSet::new();
     for caller in 0..CALLERS {
@@ -276,13 +283,48 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if variance == 0.0 { 0.0 } else { covariance / variance }
 }
 
-fn soak_seconds() -> u64 {
+/// The value after `--name` on the command line.
+fn argument(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|arg| arg == "--seconds").and_then(|at| args.get(at + 1)?.parse().ok()).unwrap_or(60)
+    args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1).cloned())
+}
+
+fn soak_seconds() -> u64 {
+    argument("--seconds").and_then(|value| value.parse().ok()).unwrap_or(60)
+}
+
+fn load_fraction() -> f64 {
+    argument("--load-fraction")
+        .and_then(|value| value.parse().ok())
+        .filter(|fraction: &f64| *fraction > 0.0 && *fraction <= 1.0)
+        .unwrap_or(DEFAULT_LOAD_FRACTION)
+}
+
+/// One per-second sample: elapsed seconds, RSS KiB, open descriptors, and the
+/// errors and operations counted so far.
+type Sample = (f64, u64, u64, u64, u64);
+
+/// Writes the samples and the summary for `bench/run` (`--samples PATH`).
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn write_samples(path: &str, max_rate: f64, target_rate: f64, seconds: u64, samples: &[Sample], tally: &Tally) {
+    let json = serde_json::json!({
+        "seconds": seconds,
+        "max_rate": max_rate,
+        "target_rate": target_rate,
+        "operations": tally.operations.load(Ordering::Relaxed),
+        "calls": tally.calls.load(Ordering::Relaxed),
+        "unexpected_errors": tally.unexpected_errors.load(Ordering::Relaxed),
+        "first_errors": *tally.first_errors.lock().unwrap(),
+        "warm_up_fraction": WARM_UP_FRACTION,
+        "samples": samples.iter().map(|s| serde_json::json!({
+            "t": s.0, "rss_kib": s.1, "fds": s.2, "errors": s.3, "operations": s.4,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(path, json.to_string()).expect("the samples file is writable");
 }
 
 #[allow(clippy::cast_precision_loss)] // counts and KiB far below 2^52
-async fn soak(seconds: u64) -> bool {
+async fn soak(seconds: u64, load_fraction: f64) -> bool {
     let mesh = start_mesh().await;
     let pid = mesh.child.id().expect("running");
     let clients = connect(&mesh.gateway_url).await;
@@ -295,24 +337,28 @@ async fn soak(seconds: u64) -> bool {
         .into_inner();
     let domain = domains.domains.first().expect("a simulated domain").name.clone();
 
-    let calibration = run_load(&clients, &domain, CALIBRATION, None).await;
+    let calibration = run_load(&clients, &domain, CALIBRATION, None, Arc::default()).await;
     let max_rate = calibration.operations.load(Ordering::Relaxed) as f64 / CALIBRATION.as_secs_f64();
-    let target_rate = max_rate * LOAD_FRACTION;
+    let target_rate = max_rate * load_fraction;
     println!("soak: maximum {max_rate:.0} operations/s, holding {target_rate:.0}/s for {seconds} s");
 
     let length = Duration::from_secs(seconds);
     let started = Instant::now();
+    let tally = Arc::new(Tally::default());
+    let sampled_tally = Arc::clone(&tally);
     let sampling_task = tokio::spawn(async move {
-        let mut samples = Vec::new();
+        let mut samples: Vec<Sample> = Vec::new();
         let mut interval = tokio::time::interval(Duration::from_secs(1));
         while started.elapsed() < length {
             interval.tick().await;
             let (rss_kib, fds) = sample(pid);
-            samples.push((started.elapsed().as_secs_f64(), rss_kib, fds));
+            let errors = sampled_tally.unexpected_errors.load(Ordering::Relaxed);
+            let operations = sampled_tally.operations.load(Ordering::Relaxed);
+            samples.push((started.elapsed().as_secs_f64(), rss_kib, fds, errors, operations));
         }
         samples
     });
-    let tally = run_load(&clients, &domain, length, Some(target_rate)).await;
+    let tally = run_load(&clients, &domain, length, Some(target_rate), tally).await;
     let samples = sampling_task.await.expect("the sampler runs");
 
     let judged: Vec<_> = samples.iter().filter(|s| s.0 >= length.as_secs_f64() * WARM_UP_FRACTION).collect();
@@ -337,7 +383,7 @@ async fn soak(seconds: u64) -> bool {
         "| held rate | {:.0} operations/s, {:.0} calls/s ({:.0}% of maximum) |",
         operations as f64 / seconds as f64,
         calls as f64 / seconds as f64,
-        LOAD_FRACTION * 100.0
+        load_fraction * 100.0
     );
     println!("| calls | {calls} in {operations} operations |");
     println!("| unexpected errors | {errors} |");
@@ -347,6 +393,10 @@ async fn soak(seconds: u64) -> bool {
         rss_slope * 60.0
     );
     println!("| open descriptors after warm-up | {fd_min}..={fd_max} |");
+
+    if let Some(path) = argument("--samples") {
+        write_samples(&path, max_rate, target_rate, seconds, &samples, &tally);
+    }
 
     let mut healthy = true;
     if errors > 0 {
@@ -373,7 +423,7 @@ fn main() -> std::process::ExitCode {
     }
     let seconds = soak_seconds();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    if runtime.block_on(soak(seconds)) {
+    if runtime.block_on(soak(seconds, load_fraction())) {
         println!("soak: passed");
         std::process::ExitCode::SUCCESS
     } else {
