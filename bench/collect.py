@@ -34,7 +34,9 @@ def failures(raw):
 
 
 def commands(raw):
-    return [line for line in read(raw / "commands.txt").splitlines() if line.strip()]
+    """The recorded commands, with paths relative to the checkout so they read the same on any clone."""
+    repo = str(pathlib.Path(__file__).resolve().parent.parent) + "/"
+    return [line.replace(repo, "") for line in read(raw / "commands.txt").splitlines() if line.strip()]
 
 
 def measured(name, label, samples):
