@@ -200,10 +200,23 @@ impl JobRunner {
         loop {
             loop {
                 match self.store.claim_job(&self.owner, self.settings.lease_duration).await {
+                    // Its lease lapsed while it runs here (a slow renewal): the claim
+                    // renewed it; a second runner of the same job must not start.
+                    Ok(Some(job))
+                        if self.running.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&job.id) =>
+                    {
+                        debug!(job_id = job.id, "re-claimed a job that runs here; lease renewed");
+                    }
                     Ok(Some(job)) => {
+                        // Registered before the task starts, so the next claim sees it.
+                        let control = Arc::new(JobControl::default());
+                        self.running
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(job.id.clone(), control.clone());
                         let runner = self.clone();
                         let span = info_span!("bulk_job", job_id = %job.id, correlation_id = %job.correlation_id);
-                        jobs.spawn(runner.run_claimed(job, shutdown.clone()).instrument(span));
+                        jobs.spawn(runner.run_claimed(job, control, shutdown.clone()).instrument(span));
                     }
                     Ok(None) => break,
                     Err(error) => {
@@ -222,10 +235,8 @@ impl JobRunner {
         while jobs.join_next().await.is_some() {}
     }
 
-    async fn run_claimed(self, job: JobRow, shutdown: CancellationToken) {
+    async fn run_claimed(self, job: JobRow, control: Arc<JobControl>, shutdown: CancellationToken) {
         let id = job.id.clone();
-        let control = Arc::new(JobControl::default());
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), control.clone());
         let heartbeat = tokio::spawn(self.clone().heartbeat(id.clone(), control.clone(), shutdown));
         if let Err(error) = self.drive(job, control).await {
             warn!(%error, "job interrupted by a database error; it resumes when its lease lapses");
