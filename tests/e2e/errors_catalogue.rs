@@ -837,6 +837,8 @@ async fn virtualmin_cases(cat: &mut Catalogue, mut client: VirtualminGatewayClie
     cat.record(VIRTUALMIN, "ListPlans", "server_id `nope`", answer);
     let answer = client.get_server_info(cat.request(vm::GetServerInfoRequest { server_id: "nope".into() })).await;
     cat.record(VIRTUALMIN, "GetServerInfo", "server_id `nope`", answer);
+    let answer = client.get_server_info(cat.request(vm::GetServerInfoRequest { server_id: String::new() })).await;
+    cat.record(VIRTUALMIN, "GetServerInfo", "empty server_id", answer);
     let answer =
         client.check_server_health(cat.request(vm::CheckServerHealthRequest { server_id: "nope".into() })).await;
     cat.record(VIRTUALMIN, "CheckServerHealth", "server_id `nope`", answer);

@@ -45,7 +45,7 @@ pub enum VirtualminError {
     OperationNotFound { operation_id: String },
 
     /// The idempotency key was first used with a different request.
-    #[error("idempotency_key was already used for a different request")]
+    #[error("idempotency_key was already used for a different request; use a new idempotency_key")]
     IdempotencyKeyReused,
 
     /// This replica keeps as many idempotency keys as it may; older ones expire first.
@@ -247,7 +247,13 @@ pub struct CallError {
 
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({} on server `{}`)", self.error, self.context.operation, self.context.server_id)
+        // A call that never named a server (GetBackupOperation, or an empty
+        // server_id) names only its operation.
+        if self.context.server_id.is_empty() {
+            write!(f, "{} ({})", self.error, self.context.operation)
+        } else {
+            write!(f, "{} ({} on server `{}`)", self.error, self.context.operation, self.context.server_id)
+        }
     }
 }
 
@@ -287,6 +293,26 @@ mod tests {
             assert!(!message.ends_with('.'), "{message}");
             assert!(error.reason().bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
         }
+    }
+
+    fn call_error(error: VirtualminError, operation: &'static str, server_id: &str) -> CallError {
+        CallError { error, context: Box::new(ErrorContext::now(operation, server_id, "", String::new())) }
+    }
+
+    #[test]
+    fn a_call_error_names_its_server_only_when_there_is_one() {
+        let unknown = VirtualminError::OperationNotFound { operation_id: "op-1".into() };
+        assert_eq!(
+            call_error(unknown, "GetBackupOperation", "").to_string(),
+            "no backup operation with id `op-1` (GetBackupOperation)"
+        );
+        let empty = VirtualminError::InvalidArgument { field: "server_id", reason: "must not be empty".into() };
+        assert_eq!(call_error(empty, "list-plans", "").to_string(), "server_id: must not be empty (list-plans)");
+        let missing = VirtualminError::DomainNotFound { domain: "a.com".into() };
+        assert_eq!(
+            call_error(missing, "list-domains", "vm1").to_string(),
+            "virtual server `a.com` does not exist (list-domains on server `vm1`)"
+        );
     }
 
     #[test]

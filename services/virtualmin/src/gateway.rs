@@ -213,7 +213,14 @@ impl Gateway {
         CallError { error, context: self.client.context(server_id, operation, &RemoteParams::new()) }
     }
 
+    /// The configured server `server_id` names: an empty id is a malformed
+    /// request (`INVALID_ARGUMENT` on `server_id`), a non-empty one nobody
+    /// configured is `SERVER_NOT_FOUND`.
     fn require_server(&self, server_id: &str, operation: &'static str) -> Result<ServerEntry, CallError> {
+        if server_id.is_empty() {
+            let error = VirtualminError::InvalidArgument { field: "server_id", reason: "must not be empty".to_owned() };
+            return Err(self.invalid(server_id, operation, error));
+        }
         self.config.borrow().server(server_id).cloned().ok_or_else(|| {
             self.invalid(server_id, operation, VirtualminError::UnknownServer { server_id: server_id.to_owned() })
         })
@@ -399,6 +406,8 @@ impl Gateway {
         if idempotency_key.is_empty() {
             return self.create_domain(server_id, spec).await;
         }
+        // A request no server could take is refused before it claims the key.
+        self.require_server(server_id, "create-domain")?;
         check_key(idempotency_key).map_err(|e| self.invalid(server_id, "create-domain", e))?;
         let request = create_fingerprint(server_id, &spec);
         let gateway = self.clone();
@@ -442,6 +451,7 @@ impl Gateway {
         if idempotency_key.is_empty() {
             return self.backup_domain(server_id, domain_name, destination_path, compression);
         }
+        self.require_server(server_id, "backup-domain")?;
         check_key(idempotency_key).map_err(|e| self.invalid(server_id, "backup-domain", e))?;
         let request = fingerprint(&[server_id, domain_name, destination_path, compression.unwrap_or_default()]);
         let refuse = |error| self.invalid(server_id, "backup-domain", error);
@@ -823,6 +833,83 @@ fn decode_page_token(token: &str) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gateway with no configured server: nothing it is asked reaches a network.
+    fn unconfigured_gateway() -> Gateway {
+        let (_, config) = tokio::sync::watch::channel(Arc::new(VirtualminConfig::default()));
+        let client = VirtualminClient::new(config.clone(), mesh_kit::ConfigSource::default()).unwrap();
+        Gateway::new(client, config)
+    }
+
+    fn spec(domain_name: &str) -> CreateDomainSpec {
+        CreateDomainSpec {
+            domain_name: domain_name.into(),
+            password: Some(SecretString::from("s3cret-pass")),
+            owner_username: None,
+            description: None,
+            contact_email: None,
+            plan: None,
+            parent_domain: None,
+            alias_target: None,
+            disk_quota: None,
+            bandwidth_limit: None,
+        }
+    }
+
+    /// The error of every call that takes a server id, in call order.
+    async fn server_errors(gateway: &Gateway, server_id: &str) -> Vec<VirtualminError> {
+        let modify =
+            || ModifyDomainSpec { domain_name: "a.example".into(), plan: Some("p".into()), ..Default::default() };
+        let results = [
+            gateway.list_domains(server_id, DomainFilter::default(), 10, "").await.map(drop),
+            gateway.get_domain(server_id, "a.example").await.map(drop),
+            gateway.create_domain(server_id, spec("a.example")).await.map(drop),
+            gateway.create_domain_once(server_id, spec("a.example"), "").await.map(drop),
+            gateway.create_domain_once(server_id, spec("a.example"), "key-1").await.map(drop),
+            gateway.delete_domain(server_id, "a.example").await,
+            gateway.suspend_domain(server_id, "a.example", "").await.map(drop),
+            gateway.unsuspend_domain(server_id, "a.example").await.map(drop),
+            gateway.modify_domain(server_id, modify()).await.map(drop),
+            gateway.backup_domain(server_id, "a.example", "/backup/a.tar.gz", None).map(drop),
+            gateway.backup_domain_once(server_id, "a.example", "/backup/a.tar.gz", None, "key-2").await.map(drop),
+            gateway.bandwidth(server_id, &[], None, None).await.map(drop),
+            gateway.plans(server_id).await.map(drop),
+            gateway.server_info(server_id).await.map(drop),
+            gateway.check_health(server_id).await.map(drop),
+        ];
+        results.into_iter().map(|result| result.unwrap_err().error).collect()
+    }
+
+    #[tokio::test]
+    async fn an_empty_server_id_is_an_invalid_argument_on_every_call() {
+        let gateway = unconfigured_gateway();
+        for error in server_errors(&gateway, "").await {
+            assert_eq!(
+                error,
+                VirtualminError::InvalidArgument { field: "server_id", reason: "must not be empty".into() }
+            );
+            assert_eq!(error.field(), Some("server_id"));
+        }
+        assert!(gateway.state.created_by_key.is_empty(), "a refused create claims no key");
+        assert!(gateway.state.backups_by_key.is_empty(), "a refused backup claims no key");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_server_id_is_not_found_on_every_call() {
+        let gateway = unconfigured_gateway();
+        for error in server_errors(&gateway, "vm9").await {
+            assert_eq!(error, VirtualminError::UnknownServer { server_id: "vm9".into() });
+        }
+        assert!(gateway.state.created_by_key.is_empty(), "a refused create claims no key");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_operation_names_its_id_and_no_server() {
+        let gateway = unconfigured_gateway();
+        let error = gateway.backup_operation("no-such-operation").unwrap_err();
+        assert_eq!(error.error, VirtualminError::OperationNotFound { operation_id: "no-such-operation".into() });
+        assert_eq!(error.to_string(), "no backup operation with id `no-such-operation` (GetBackupOperation)");
+    }
 
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {

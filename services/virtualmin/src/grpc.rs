@@ -23,18 +23,18 @@ use crate::params::Program;
 impl RpcError for VirtualminError {
     fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. }
-            | Self::UnsafeValue { .. }
-            | Self::InvalidPageToken
-            | Self::IdempotencyKeyReused => Code::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::UnsafeValue { .. } | Self::InvalidPageToken => Code::InvalidArgument,
             Self::UnknownServer { .. } | Self::DomainNotFound { .. } | Self::OperationNotFound { .. } => Code::NotFound,
             Self::DomainAlreadyExists { .. } => Code::AlreadyExists,
             Self::RateLimited { .. } | Self::ResponseTooLarge { .. } | Self::TooManyIdempotencyKeys { .. } => {
                 Code::ResourceExhausted
             }
-            // The mesh's own credentials or rights on the Virtualmin server are wrong, not the caller's:
-            // an operator must fix the server entry, so the caller is told the precondition failed.
-            Self::AuthenticationFailed { .. }
+            // As in VpnUsers (REQUEST_ID_REUSED) and BulkOps, a reused key is well formed but conflicts
+            // with the key's earlier use. And the mesh's own credentials or rights on the Virtualmin server
+            // are wrong, not the caller's: an operator must fix the server entry, so the caller is told the
+            // precondition failed.
+            Self::IdempotencyKeyReused
+            | Self::AuthenticationFailed { .. }
             | Self::AccessDenied { .. }
             | Self::RemoteApiNotAllowed { .. }
             | Self::ProgramFailed { .. }
@@ -664,5 +664,45 @@ impl VirtualminGateway for VirtualminGrpc {
         let programs =
             Program::ALL.into_iter().map(|program| program_metrics_to_wire(metrics.snapshot(program))).collect();
         Ok(Response::new(pb::GetCallMetricsResponse { programs, prometheus_text: metrics.render_prometheus() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+    use crate::error::ErrorContext;
+
+    fn call_status(error: VirtualminError, server_id: &str) -> Status {
+        let context = Box::new(ErrorContext::now("create-domain", server_id, "", String::new()));
+        status(&CallError { error, context })
+    }
+
+    #[test]
+    fn an_empty_server_id_is_a_field_violation_and_an_unknown_one_is_not_found() {
+        let empty = VirtualminError::InvalidArgument { field: "server_id", reason: "must not be empty".into() };
+        let status = call_status(empty, "");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "server_id: must not be empty (create-domain)");
+        let details = status.get_error_details();
+        let violations = details.bad_request().expect("a BadRequest").field_violations.clone();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "server_id");
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+
+        let status = call_status(VirtualminError::UnknownServer { server_id: "vm9".into() }, "vm9");
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.get_error_details().error_info().unwrap().reason, "SERVER_NOT_FOUND");
+    }
+
+    #[test]
+    fn a_reused_idempotency_key_is_a_failed_precondition_as_in_vpnusers_and_bulkops() {
+        let status = call_status(VirtualminError::IdempotencyKeyReused, "vm1");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "IDEMPOTENCY_KEY_REUSED");
+        assert!(details.bad_request().is_none(), "a precondition failure names no malformed field");
+        assert!(details.retry_info().is_none(), "the same request never succeeds with this key");
     }
 }

@@ -647,7 +647,7 @@ async fn a_repeated_create_with_the_same_key_creates_once() {
     assert_eq!(calls_of(&harness.simulator, "create-domain").len(), 1, "the repeat did not create again");
 
     let reused = harness.client.create_domain(keyed_create("other.example", "key-1")).await.unwrap_err();
-    assert_eq!((reused.code(), reason(&reused).as_str()), (Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED"));
+    assert_eq!((reused.code(), reason(&reused).as_str()), (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"));
     let bad_key = harness.client.create_domain(keyed_create("other.example", "has space")).await.unwrap_err();
     assert_eq!(bad_key.code(), Code::InvalidArgument);
     assert_eq!(calls_of(&harness.simulator, "create-domain").len(), 1);
