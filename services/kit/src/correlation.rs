@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,22 +29,42 @@ pub const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
 const MAX_CORRELATION_ID_BYTES: usize = 128;
 
 /// An opaque id that follows one request through every service.
+///
+/// Held as the header value it travels as: an id that comes in is validated
+/// and its bytes reused (no copy), a minted one is written once, and every
+/// hop's header is a reference-counted clone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CorrelationId(Arc<str>);
+pub struct CorrelationId(HeaderValue);
+
+/// Whether `raw` is 1..=128 visible ASCII characters.
+fn acceptable(raw: &[u8]) -> bool {
+    !raw.is_empty() && raw.len() <= MAX_CORRELATION_ID_BYTES && raw.iter().all(u8::is_ascii_graphic)
+}
 
 impl CorrelationId {
     /// Mints a new time-ordered id (UUID v7).
     #[must_use]
     pub fn mint() -> Self {
-        Self(uuid::Uuid::now_v7().to_string().into())
+        let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+        Self(HeaderValue::from_str(text).expect("a UUID is visible ASCII"))
     }
 
     /// Accepts a caller's id if it is 1..=128 visible ASCII characters.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        let acceptable =
-            !raw.is_empty() && raw.len() <= MAX_CORRELATION_ID_BYTES && raw.bytes().all(|b| b.is_ascii_graphic());
-        acceptable.then(|| Self(raw.into()))
+        acceptable(raw.as_bytes()).then(|| Self(HeaderValue::from_str(raw).expect("visible ASCII is a header value")))
+    }
+
+    /// Accepts a header's value as [`CorrelationId::parse`] does, reusing its bytes.
+    #[must_use]
+    pub fn from_header_value(value: &HeaderValue) -> Option<Self> {
+        acceptable(value.as_bytes()).then(|| {
+            let mut value = value.clone();
+            // The id is forwarded and echoed as an ordinary header, whatever the caller marked it.
+            value.set_sensitive(false);
+            Self(value)
+        })
     }
 
     /// Reads `x-correlation-id`, else `x-request-id`.
@@ -53,25 +72,25 @@ impl CorrelationId {
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         [CORRELATION_ID_HEADER, REQUEST_ID_HEADER]
             .iter()
-            .filter_map(|name| headers.get(*name)?.to_str().ok())
-            .find_map(Self::parse)
+            .filter_map(|name| headers.get(*name))
+            .find_map(Self::from_header_value)
     }
 
     /// The id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only visible ASCII is ever admitted, so the text is always there.
+        self.0.to_str().unwrap_or_default()
     }
 
     fn header_value(&self) -> HeaderValue {
-        // `parse` and `mint` only admit visible ASCII, which is always a valid header value.
-        HeaderValue::from_str(&self.0).expect("correlation ids are visible ASCII")
+        self.0.clone()
     }
 }
 
 impl std::fmt::Display for CorrelationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

@@ -76,8 +76,8 @@ pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
 fn rpc_span<B>(request: &Request<B>, kind: SpanKind) -> Span {
     let path = request.uri().path();
     let (service, method) = split_grpc_path(path).unwrap_or(("unknown", "unknown"));
-    let correlation_id =
-        request.extensions().get::<CallContext>().map(|c| c.correlation_id.to_string()).unwrap_or_default();
+    // Borrowed, not copied: the span's layers record the text as they need it.
+    let correlation_id = request.extensions().get::<CallContext>().map_or("", |c| c.correlation_id.as_str());
     let otel_kind = match kind {
         SpanKind::Server => "server",
         SpanKind::Proxy => "client",
