@@ -80,11 +80,7 @@ impl BulkOpsConfig {
     /// Where the jobs live.
     #[must_use]
     pub fn database_location(&self) -> DatabaseLocation {
-        if self.database_url.is_empty() {
-            DatabaseLocation::SqliteFile(self.data_dir.join(SQLITE_FILE_NAME))
-        } else {
-            DatabaseLocation::Url(self.database_url.clone())
-        }
+        DatabaseLocation::from_settings(&self.database_url, &self.data_dir, SQLITE_FILE_NAME)
     }
 }
 
@@ -94,15 +90,7 @@ impl ServiceConfig for BulkOpsConfig {
 
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if !self.database_url.is_empty() && !self.database_url.has_supported_scheme() {
-            problems.push(ConfigProblem::new(
-                "database_url",
-                "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite file)",
-            ));
-        }
-        if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
-            problems.push(ConfigProblem::new("data_dir", "must not be empty when database_url is unset"));
-        }
+        DatabaseLocation::check_settings(&mut problems, &self.database_url, &self.data_dir);
         if !(self.virtualmin_endpoint.starts_with("http://") || self.virtualmin_endpoint.starts_with("https://")) {
             problems.push(ConfigProblem::new(
                 "virtualmin_endpoint",

@@ -28,6 +28,8 @@ const MAX_PAGE_SIZE: u32 = 500;
 const WATCH_POLL: Duration = Duration::from_secs(1);
 /// Shortest gap between two progress messages: outcomes in a burst share one.
 const WATCH_COALESCE: Duration = Duration::from_millis(50);
+/// Database errors in a row a watcher rides out before it reports one.
+const WATCH_STORE_RETRIES: u32 = 5;
 
 /// The gRPC service.
 #[derive(Clone, Debug)]
@@ -137,6 +139,7 @@ async fn watch_loop(
     sender: mpsc::Sender<Result<pb::WatchJobResponse, Status>>,
 ) {
     let mut last_seq = 0;
+    let mut store_errors = 0;
     loop {
         changes.borrow_and_update();
         let message = async {
@@ -147,7 +150,17 @@ async fn watch_loop(
         }
         .await;
         let (row, finished, job) = match message {
-            Ok(parts) => parts,
+            Ok(parts) => {
+                store_errors = 0;
+                parts
+            }
+            // A busy database (a pool that times out under load) should not
+            // end a watcher's stream: the job goes on, so the watch does too.
+            Err(BulkOpsError::Database { .. }) if store_errors < WATCH_STORE_RETRIES => {
+                store_errors += 1;
+                tokio::time::sleep(WATCH_POLL).await;
+                continue;
+            }
             Err(error) => {
                 let _ = sender.send(Err(to_status(&error))).await;
                 return;

@@ -5,6 +5,8 @@
 //! `correlation_id` field; secrets never reach a span because handlers are
 //! instrumented with `skip_all`.
 
+use std::io::IsTerminal;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -101,7 +103,11 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, String> {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false))
             .try_init(),
-        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
+        // Colour only on a terminal: escape codes are noise in a log file or a
+        // collector, and formatting them costs every call's span.
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().compact().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(TelemetryGuard { tracer_provider })

@@ -95,11 +95,7 @@ impl VpnUsersConfig {
     /// Where the data lives.
     #[must_use]
     pub fn database_location(&self) -> DatabaseLocation {
-        if self.database_url.is_empty() {
-            DatabaseLocation::SqliteFile(self.data_dir.join(SQLITE_FILE_NAME))
-        } else {
-            DatabaseLocation::Url(self.database_url.clone())
-        }
+        DatabaseLocation::from_settings(&self.database_url, &self.data_dir, SQLITE_FILE_NAME)
     }
 
     /// The Cache service endpoint, if one is configured.
@@ -115,15 +111,7 @@ impl ServiceConfig for VpnUsersConfig {
 
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if !self.database_url.is_empty() && !self.database_url.has_supported_scheme() {
-            problems.push(ConfigProblem::new(
-                "database_url",
-                "must start with postgres://, postgresql:// or sqlite: (or be empty for the embedded SQLite file)",
-            ));
-        }
-        if self.database_url.is_empty() && self.data_dir.as_os_str().is_empty() {
-            problems.push(ConfigProblem::new("data_dir", "must not be empty when database_url is unset"));
-        }
+        DatabaseLocation::check_settings(&mut problems, &self.database_url, &self.data_dir);
         ConfigProblem::check_range(&mut problems, "max_connections", self.max_connections, 1, 1000);
         ConfigProblem::check_range(&mut problems, "max_batch_size", self.max_batch_size, 1, 10_000);
         // SQLite binds at most 32766 parameters per statement.

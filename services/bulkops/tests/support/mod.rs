@@ -11,58 +11,39 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mesh_kit::{CancellationToken, ConfigSource, DatabaseLocation, DatabaseUrl, Runtime, ServerSettings};
+use mesh_kit::database::TestDatabase;
+use mesh_kit::{CancellationToken, ConfigSource, DatabaseLocation, Runtime, ServerSettings};
 use mesh_proto::bulkops::v1 as pb;
 use mesh_proto::bulkops::v1::bulk_ops_client::BulkOpsClient;
 use mesh_proto::virtualmin::v1 as vpb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
 use mesh_virtualmin_sim::{Simulator, SimulatorConfig};
-use sea_orm::{ConnectionTrait, Database};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-/// The variable naming a PostgreSQL role allowed to create databases.
-pub const POSTGRES_URL_VAR: &str = "MESH_TEST_POSTGRES_URL";
 /// The simulator's server id in VirtualminGateway's configuration.
 pub const SERVER: &str = "sim";
 
-/// One test's database, removed by [`TestDb::finish`].
+/// One test's database: the kit's [`TestDatabase`] with BulkOps' settings.
 pub struct TestDb {
+    database: TestDatabase,
     pub location: DatabaseLocation,
     pub backend_name: &'static str,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
 }
 
 impl TestDb {
     /// A new SQLite file in a temporary directory.
     pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let location = DatabaseLocation::SqliteFile(dir.path().join("bulkops.sqlite3"));
-        Self { location, backend_name: "sqlite", _sqlite_dir: Some(dir), postgres: None }
+        Self::from(TestDatabase::sqlite("bulkops.sqlite3"))
     }
 
     /// A new PostgreSQL database, or `None` when no server is configured.
     pub async fn postgres() -> Option<Self> {
-        let source = ConfigSource::from_process();
-        let Some(admin_url) = source.var(POSTGRES_URL_VAR) else {
-            assert!(
-                source.var("CI").is_none(),
-                "{POSTGRES_URL_VAR} is not set under CI; run services/vpnusers/scripts/test-postgres"
-            );
-            eprintln!("skipping the PostgreSQL half: {POSTGRES_URL_VAR} is not set");
-            return None;
-        };
-        let name = format!("bulkops_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(admin_url).await.expect("connect to the PostgreSQL test server");
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-        let (base, _) = admin_url.rsplit_once('/').expect("the URL names a database");
-        Some(Self {
-            location: DatabaseLocation::Url(DatabaseUrl::new(format!("{base}/{name}"))),
-            backend_name: "postgres",
-            _sqlite_dir: None,
-            postgres: Some((admin_url.to_owned(), name)),
-        })
+        TestDatabase::postgres("bulkops_test").await.map(Self::from)
+    }
+
+    fn from(database: TestDatabase) -> Self {
+        Self { location: database.location.clone(), backend_name: database.backend_name, database }
     }
 
     /// The variables pointing BulkOps at this database.
@@ -78,23 +59,12 @@ impl TestDb {
     /// A connection to the job database, for tests that read or edit rows
     /// the API does not show.
     pub async fn connect(&self) -> sea_orm::DatabaseConnection {
-        let pool = mesh_kit::database::PoolSettings {
-            max_connections: 2,
-            connect_timeout: Duration::from_secs(5),
-            sqlite_cache_kib: 2048,
-        };
-        mesh_kit::database::connect(&self.location, pool).await.expect("connect to the job database")
+        self.database.connect().await
     }
 
     /// Removes the PostgreSQL database (SQLite's directory goes on drop).
     pub async fn finish(self) {
-        if let Some((admin_url, name)) = &self.postgres {
-            let admin = Database::connect(admin_url.as_str()).await.expect("connect to the PostgreSQL test server");
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .expect("drop test database");
-        }
+        self.database.finish().await;
     }
 }
 

@@ -10,51 +10,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_kit::ConfigSource;
-use mesh_vpnusers::{DatabaseLocation, DatabaseUrl, UserDirectory, UserStore, VpnUsersConfig};
-use sea_orm::{ConnectionTrait, Database};
+use mesh_kit::database::TestDatabase;
+use mesh_vpnusers::{DatabaseLocation, UserDirectory, UserStore, VpnUsersConfig};
 use tokio::sync::watch;
 
-/// The variable naming a PostgreSQL role allowed to create databases.
-pub const POSTGRES_URL_VAR: &str = "MESH_TEST_POSTGRES_URL";
-
-/// One test's database, removed by [`TestDb::finish`].
+/// One test's database: the kit's [`TestDatabase`] with VpnUsers' settings.
 pub struct TestDb {
+    database: TestDatabase,
     pub location: DatabaseLocation,
     pub backend_name: &'static str,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
 }
 
 impl TestDb {
     /// A new SQLite file in a temporary directory.
     pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let location = DatabaseLocation::SqliteFile(dir.path().join("vpnusers.sqlite3"));
-        Self { location, backend_name: "sqlite", _sqlite_dir: Some(dir), postgres: None }
+        Self::from(TestDatabase::sqlite("vpnusers.sqlite3"))
     }
 
     /// A new PostgreSQL database, or `None` when no server is configured.
     pub async fn postgres() -> Option<Self> {
-        let source = ConfigSource::from_process();
-        let Some(admin_url) = source.var(POSTGRES_URL_VAR) else {
-            assert!(
-                source.var("CI").is_none(),
-                "{POSTGRES_URL_VAR} is not set under CI; run services/vpnusers/scripts/test-postgres"
-            );
-            eprintln!("skipping the PostgreSQL half: {POSTGRES_URL_VAR} is not set");
-            return None;
-        };
-        let name = format!("vpnusers_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(admin_url).await.expect("connect to the PostgreSQL test server");
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-        let (base, _) = admin_url.rsplit_once('/').expect("the URL names a database");
-        let url = format!("{base}/{name}");
-        Some(Self {
-            location: DatabaseLocation::Url(DatabaseUrl::new(url)),
-            backend_name: "postgres",
-            _sqlite_dir: None,
-            postgres: Some((admin_url.to_owned(), name)),
-        })
+        TestDatabase::postgres("vpnusers_test").await.map(Self::from)
+    }
+
+    fn from(database: TestDatabase) -> Self {
+        Self { location: database.location.clone(), backend_name: database.backend_name, database }
     }
 
     /// Settings pointing at this database.
@@ -94,13 +73,7 @@ impl TestDb {
 
     /// Removes the PostgreSQL database (SQLite's directory goes on drop).
     pub async fn finish(self) {
-        if let Some((admin_url, name)) = &self.postgres {
-            let admin = Database::connect(admin_url.as_str()).await.expect("connect to the PostgreSQL test server");
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .expect("drop test database");
-        }
+        self.database.finish().await;
     }
 }
 
