@@ -24,7 +24,7 @@ async fn a_sawtooth_is_never_flagged() {
             held.release_all();
             mesh_kit::allocator::purge().expect("jemalloc purges");
         } else {
-            held.hold(STEP_BYTES)
+            held.hold(STEP_BYTES);
         }
     })
     .await;
