@@ -359,6 +359,7 @@ async fn a_database_url_password_is_never_printed() {
             .env("DATABASE_URL", &url)
             .env("MESH_VPNUSERS_CONNECT_TIMEOUT", "2")
             .env("MESH_VPNUSERS_DATA_DIR", data_dir.path())
+            .env("MESH_BULKOPS_DATA_DIR", data_dir.path())
             .env("RUST_LOG", "debug")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .kill_on_drop(true)
