@@ -167,30 +167,13 @@ where
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::io::Write;
-    use std::sync::Mutex;
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::access_sink::LineFormat;
-
-    /// The sink's output, read back by the test.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::access_sink::{Captured, LineFormat};
 
     /// Makes `calls` calls carrying credentials through the layer, switched
     /// by `is_enabled`, and returns what the sink wrote.
@@ -217,7 +200,7 @@ mod tests {
             response.into_body().collect().await.unwrap();
         }
         sink.close();
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        captured.text()
     }
 
     #[tokio::test]
