@@ -6,6 +6,8 @@
 //! reload of a token on an open connection, an upstream's death and
 //! recovery, and balancing across two endpoints while one is killed.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,21 +18,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::StreamBody;
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_gateway::{GatewayConfig, GatewayError, GatewayRuntime, TokenConfig};
+use hyper::body::Incoming;
+use mesh_gateway::GatewayConfig;
 use mesh_kit::config::ConfigWatch;
 use mesh_kit::{CancellationToken, ConfigSource};
 use mesh_proto::cache::v1::cache_client::CacheClient;
-use mesh_proto::cache::v1::{GetOrLeaseRequest, GetRequest, SetRequest};
-use sha2::{Digest, Sha256};
+use mesh_proto::cache::v1::{GetOrLeaseRequest, SetRequest};
+use support::{
+    RawBody, RawHttp2Server, TestGateway, config_for, get, grpc_ok, reason_of, scrape_metrics, sha256_hex, token,
+    with_token,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
-use tonic::transport::{Channel, Endpoint};
+use tokio::task::JoinSet;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -41,10 +42,9 @@ use tonic_types::StatusExt;
 /// `Health/Check`, which it answers SERVING (the gateway probes it). It
 /// reports the `grpc-timeout` of each call it receives, and counts held calls.
 struct RawUpstream {
-    address: SocketAddr,
+    server: RawHttp2Server,
     grpc_timeouts: mpsc::UnboundedReceiver<Option<String>>,
     held_calls: watch::Receiver<usize>,
-    serving: JoinHandle<()>,
 }
 
 /// Counts a held call until the upstream drops it.
@@ -55,9 +55,6 @@ impl Drop for HeldCall {
         self.0.send_modify(|held| *held -= 1);
     }
 }
-
-/// An empty message, then OK in the trailers.
-type RawBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 async fn answer(
     request: Request<Incoming>,
@@ -76,54 +73,24 @@ async fn answer(
         // Held until hyper drops this future, i.e. the caller or the gateway gave up.
         std::future::pending::<()>().await;
     }
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", "0".parse().unwrap());
-    let message: &'static [u8] = if is_health_check {
-        // HealthCheckResponse { status: SERVING }.
-        &[0, 0, 0, 0, 2, 0x08, 0x01]
-    } else {
-        &[0, 0, 0, 0, 0]
-    };
-    let frames = vec![Ok(Frame::data(Bytes::from_static(message))), Ok(Frame::trailers(trailers))];
-    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-    response.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
-    Ok(response)
+    // HealthCheckResponse { status: SERVING } to the probes, an empty message to the rest.
+    let payload: &[u8] = if is_health_check { &[0x08, 0x01] } else { &[] };
+    Ok(grpc_ok(payload))
 }
 
 impl RawUpstream {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the upstream");
-        let address = listener.local_addr().expect("upstream address");
         let (timeouts_sender, grpc_timeouts) = mpsc::unbounded_channel();
         let (held_sender, held_calls) = watch::channel(0);
         let held_sender = Arc::new(held_sender);
-        let serving = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let timeouts_sender = timeouts_sender.clone();
-                let held_sender = Arc::clone(&held_sender);
-                let service = hyper::service::service_fn(move |request| {
-                    answer(request, timeouts_sender.clone(), Arc::clone(&held_sender))
-                });
-                connections.spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { address, grpc_timeouts, held_calls, serving }
+        let server =
+            RawHttp2Server::start(move |request| answer(request, timeouts_sender.clone(), Arc::clone(&held_sender)))
+                .await;
+        Self { server, grpc_timeouts, held_calls }
     }
 
     fn uri(&self) -> String {
-        format!("http://{}", self.address)
-    }
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.serving.abort();
+        self.server.uri()
     }
 }
 
@@ -185,80 +152,6 @@ impl Drop for CacheProcess {
     }
 }
 
-// === the gateway ===
-
-struct TestGateway {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    serving: JoinHandle<Result<(), GatewayError>>,
-}
-
-impl TestGateway {
-    async fn start(config: GatewayConfig) -> Self {
-        let (_sender, config) = watch::channel(Arc::new(config));
-        Self::start_watching(config).await
-    }
-
-    async fn start_watching(config: ConfigWatch<GatewayConfig>) -> Self {
-        Self::start_with_admin(config, None).await
-    }
-
-    async fn start_with_admin(config: ConfigWatch<GatewayConfig>, admin_listener: Option<TcpListener>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
-        let address = listener.local_addr().expect("gateway address");
-        let shutdown = CancellationToken::new();
-        let runtime = GatewayRuntime { listener, admin_listener, config, shutdown: shutdown.clone() };
-        let serving = tokio::spawn(mesh_gateway::run(runtime));
-        Self { address, shutdown, serving }
-    }
-
-    /// One HTTP/2 connection, kept for every call of the test.
-    async fn connect(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.address)).unwrap().connect().await.expect("gateway reachable")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.serving.await.expect("gateway task").expect("gateway drains cleanly");
-    }
-}
-
-fn config_for(upstream: &str) -> GatewayConfig {
-    GatewayConfig { cache_upstream: Some(upstream.to_owned()), access_log: false, ..GatewayConfig::default() }
-}
-
-fn sha256_hex(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().fold(String::new(), |mut hex, byte| {
-        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
-        hex
-    })
-}
-
-fn token(name: &str, secret: &str, allow: &[&str]) -> TokenConfig {
-    TokenConfig {
-        name: name.to_owned(),
-        sha256: sha256_hex(secret),
-        allow: allow.iter().map(|entry| (*entry).to_owned()).collect(),
-        rate_limit_per_second: 0,
-        rate_limit_burst: 0,
-    }
-}
-
-fn with_token<T>(message: T, secret: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
-    request
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
-}
-
-fn reason_of(status: &Status) -> String {
-    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
-}
-
 // === tests ===
 
 #[tokio::test]
@@ -290,20 +183,15 @@ async fn the_auth_matrix() {
 
 #[tokio::test]
 async fn the_admin_port_serves_prometheus_metrics_of_the_calls() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let upstream = RawUpstream::start().await;
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the admin port");
     let admin_address = admin_listener.local_addr().expect("admin address");
     let (_sender, config) = watch::channel(Arc::new(config_for(&upstream.uri())));
-    let gateway = TestGateway::start_with_admin(config, Some(admin_listener)).await;
+    let gateway = TestGateway::start_with(config, Some(admin_listener), None).await;
     let mut cache = CacheClient::new(gateway.connect().await);
     cache.get(get("k")).await.expect("get passes");
 
-    let mut admin = tokio::net::TcpStream::connect(admin_address).await.expect("admin port reachable");
-    admin.write_all(b"GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut scrape = String::new();
-    admin.read_to_string(&mut scrape).await.expect("a whole response");
+    let scrape = scrape_metrics(admin_address).await;
 
     assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
     let get_series = r#"mesh_gateway_calls_total{service="mesh.cache.v1.Cache",method="Get",code="0"} 1"#;
@@ -311,7 +199,7 @@ async fn the_admin_port_serves_prometheus_metrics_of_the_calls() {
     assert!(scrape.contains("mesh_gateway_call_duration_seconds_bucket"), "{scrape}");
     let endpoint_series = format!(
         r#"mesh_gateway_endpoint_in_service{{service="mesh.cache.v1.Cache",endpoint="{}"}} 1"#,
-        upstream.address
+        upstream.server.address
     );
     assert!(scrape.contains(&endpoint_series), "{scrape}");
     gateway.stop().await;
@@ -426,7 +314,7 @@ async fn a_token_added_to_the_file_works_on_the_open_connection() {
     let config: ConfigWatch<GatewayConfig> =
         mesh_kit::config::load_and_watch(source, Duration::from_millis(20), shutdown.clone()).expect("valid file");
     let mut config_seen_by_test = config.clone();
-    let gateway = TestGateway::start_watching(config).await;
+    let gateway = TestGateway::start_with(config, None, None).await;
     let mut cache = CacheClient::new(gateway.connect().await);
 
     cache.get(with_token(get("k"), "first-secret")).await.expect("the first token works");

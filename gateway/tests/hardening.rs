@@ -6,6 +6,8 @@
 //! failing a call in flight; and endpoints added by a reload being
 //! health-checked and ejected like the first ones.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,21 +17,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::StreamBody;
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_gateway::{ClientCertificateConfig, GatewayConfig, GatewayError, GatewayRuntime, Resolve, ResolveFuture};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_gateway::{ClientCertificateConfig, GatewayConfig, Resolve, ResolveFuture};
 use mesh_kit::CancellationToken;
 use mesh_proto::cache::v1::cache_client::CacheClient;
 use mesh_proto::cache::v1::{GetOrLeaseRequest, GetRequest, SetRequest};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use sha2::{Digest, Sha256};
+use support::{
+    RawBody, RawHttp2Server, TestGateway, check_health, config_for, get, grpc_message, grpc_ok, reason_of,
+    refusing_address, scrape_metrics, token, with_token,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
@@ -40,27 +43,17 @@ use tonic_types::StatusExt;
 /// until the test releases it; a call with `x-response-bytes: N` gets one
 /// message of N bytes; anything else an empty message. Every call is counted.
 struct RawUpstream {
-    address: SocketAddr,
+    server: RawHttp2Server,
     calls: watch::Receiver<usize>,
     held_calls: watch::Receiver<usize>,
     release: watch::Sender<bool>,
-    serving: JoinHandle<()>,
 }
-
-type RawBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// Shared by every connection of one upstream.
 struct UpstreamState {
     calls: watch::Sender<usize>,
     held_calls: watch::Sender<usize>,
     release: watch::Receiver<bool>,
-}
-
-fn grpc_message(payload: &[u8]) -> Bytes {
-    let mut framed = vec![0];
-    framed.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    framed.extend_from_slice(payload);
-    framed.into()
 }
 
 async fn answer(request: Request<Incoming>, state: Arc<UpstreamState>) -> Result<Response<RawBody>, Infallible> {
@@ -79,115 +72,26 @@ async fn answer(request: Request<Incoming>, state: Arc<UpstreamState>) -> Result
         let response_bytes = request.headers().get("x-response-bytes").and_then(|value| value.to_str().ok());
         vec![0; response_bytes.and_then(|value| value.parse().ok()).unwrap_or(0)]
     };
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", "0".parse().unwrap());
-    let frames = vec![Ok(Frame::data(grpc_message(&payload))), Ok(Frame::trailers(trailers))];
-    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-    response.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
-    Ok(response)
+    Ok(grpc_ok(&payload))
 }
 
 impl RawUpstream {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the upstream");
-        let address = listener.local_addr().expect("upstream address");
         let (calls_sender, calls) = watch::channel(0);
         let (held_sender, held_calls) = watch::channel(0);
         let (release, release_receiver) = watch::channel(false);
         let state = Arc::new(UpstreamState { calls: calls_sender, held_calls: held_sender, release: release_receiver });
-        let serving = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let state = Arc::clone(&state);
-                let service = hyper::service::service_fn(move |request| answer(request, Arc::clone(&state)));
-                connections.spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { address, calls, held_calls, release, serving }
+        let server = RawHttp2Server::start(move |request| answer(request, Arc::clone(&state))).await;
+        Self { server, calls, held_calls, release }
     }
 
     fn uri(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.uri()
     }
 
     fn calls(&self) -> usize {
         *self.calls.borrow()
     }
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.serving.abort();
-    }
-}
-
-// === the gateway ===
-
-struct TestGateway {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    serving: JoinHandle<Result<(), GatewayError>>,
-}
-
-impl TestGateway {
-    async fn start(config: GatewayConfig) -> Self {
-        let (_sender, config) = watch::channel(Arc::new(config));
-        Self::start_with(config, None, None).await
-    }
-
-    async fn start_with(
-        config: watch::Receiver<Arc<GatewayConfig>>,
-        admin_listener: Option<TcpListener>,
-        resolver: Option<Arc<dyn Resolve>>,
-    ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
-        let address = listener.local_addr().expect("gateway address");
-        let shutdown = CancellationToken::new();
-        let runtime = GatewayRuntime { listener, admin_listener, config, shutdown: shutdown.clone() };
-        let serving = match resolver {
-            Some(resolver) => tokio::spawn(mesh_gateway::run_with_resolver(runtime, resolver)),
-            None => tokio::spawn(mesh_gateway::run(runtime)),
-        };
-        Self { address, shutdown, serving }
-    }
-
-    fn connect_lazy(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.address)).unwrap().connect_lazy()
-    }
-
-    async fn connect(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.address)).unwrap().connect().await.expect("gateway reachable")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.serving.await.expect("gateway task").expect("gateway drains cleanly");
-    }
-}
-
-fn config_for(upstream: &str) -> GatewayConfig {
-    GatewayConfig { cache_upstream: Some(upstream.to_owned()), access_log: false, ..GatewayConfig::default() }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
-}
-
-fn reason_of(status: &Status) -> String {
-    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
-}
-
-fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().fold(String::new(), |mut hex, byte| {
-        use std::fmt::Write as _;
-        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
-        hex
-    })
 }
 
 // === certificates ===
@@ -305,12 +209,6 @@ async fn get_over_tls(
     CacheClient::new(channel).get(request).await.map(drop)
 }
 
-fn with_token<T>(message: T, secret: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
-    request
-}
-
 // === tests ===
 
 #[tokio::test]
@@ -329,13 +227,7 @@ async fn mutual_tls_names_callers_by_their_certificate_alongside_tokens() {
         rate_limit_per_second: 1,
         rate_limit_burst: 2,
     }];
-    config.tokens = vec![mesh_gateway::TokenConfig {
-        name: "admin".into(),
-        sha256: sha256_hex("admin-secret"),
-        allow: vec!["*".into()],
-        rate_limit_per_second: 0,
-        rate_limit_burst: 0,
-    }];
+    config.tokens = vec![token("admin", "admin-secret", &["*"])];
     let gateway = TestGateway::start(config).await;
     let billing = pki.client("spiffe://mesh/billing", "billing-job");
     let stranger = pki.client("spiffe://mesh/stranger", "stranger");
@@ -608,7 +500,7 @@ async fn a_re_resolved_name_moves_traffic_without_failing_a_call_in_flight() {
     let first = RawUpstream::start().await;
     let second = RawUpstream::start().await;
     let resolver = Arc::new(TestResolver::default());
-    resolver.answer(&[first.address]);
+    resolver.answer(&[first.server.address]);
     let config = GatewayConfig {
         dns_refresh_interval: Duration::from_millis(100),
         ..config_for("http://cache.mesh.test:50061")
@@ -624,7 +516,7 @@ async fn a_re_resolved_name_moves_traffic_without_failing_a_call_in_flight() {
     });
     first.held_calls.clone().wait_for(|held| *held == 1).await.unwrap();
 
-    resolver.answer(&[second.address]);
+    resolver.answer(&[second.server.address]);
     call_until(&mut cache, || second.calls() > 0).await;
     let calls_on_first = first.calls();
     for index in 0..20 {
@@ -635,7 +527,7 @@ async fn a_re_resolved_name_moves_traffic_without_failing_a_call_in_flight() {
     first.release.send(true).unwrap();
     held.await.unwrap().expect("the call in flight on the removed address completes");
 
-    resolver.answer(&[first.address, second.address]);
+    resolver.answer(&[first.server.address, second.server.address]);
     let before = (first.calls(), second.calls());
     call_until(&mut cache, || first.calls() > before.0 && second.calls() > before.1).await;
     assert!(resolver.lookups.load(Ordering::Relaxed) >= 3);
@@ -645,10 +537,7 @@ async fn a_re_resolved_name_moves_traffic_without_failing_a_call_in_flight() {
 #[tokio::test]
 async fn endpoints_added_by_reload_are_health_checked_and_ejected_like_the_first() {
     let live = RawUpstream::start().await;
-    let dead_address = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead_address = refusing_address();
     let dead = format!("http://{dead_address}");
     let config = GatewayConfig { health_poll_interval: Duration::from_millis(20), ..config_for(&dead) };
     let (config_sender, config_receiver) = watch::channel(Arc::new(config.clone()));
@@ -656,19 +545,9 @@ async fn endpoints_added_by_reload_are_health_checked_and_ejected_like_the_first
     let admin_address = admin_listener.local_addr().unwrap();
     let gateway = TestGateway::start_with(config_receiver, Some(admin_listener), None).await;
     let mut health = HealthClient::new(gateway.connect().await);
-    let mesh_status = |health: &mut HealthClient<Channel>| {
-        let mut health = health.clone();
-        async move {
-            let response = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
-            response.into_inner().status()
-        }
-    };
-    assert_eq!(mesh_status(&mut health).await, ServingStatus::NotServing, "the only endpoint is dead");
+    assert_eq!(check_health(&mut health, "").await.unwrap(), ServingStatus::NotServing, "the only endpoint is dead");
 
-    let another_dead = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let another_dead = refusing_address();
     let reloaded = GatewayConfig {
         cache_upstream: Some(format!("{dead},{},http://{another_dead}", live.uri())),
         outlier_consecutive_failures: 1,
@@ -678,7 +557,7 @@ async fn endpoints_added_by_reload_are_health_checked_and_ejected_like_the_first
     config_sender.send(Arc::new(reloaded)).unwrap();
     let mut status = ServingStatus::Unknown;
     for _ in 0..200 {
-        status = mesh_status(&mut health).await;
+        status = check_health(&mut health, "").await.unwrap();
         if status == ServingStatus::Serving {
             break;
         }
@@ -690,7 +569,7 @@ async fn endpoints_added_by_reload_are_health_checked_and_ejected_like_the_first
     let expected: Vec<String> = [
         (dead_address.to_string(), 0),
         (another_dead.to_string(), 0),
-        (live.address.to_string(), 1),
+        (live.server.address.to_string(), 1),
     ]
     .iter()
     .map(|(endpoint, in_service)| {
@@ -716,13 +595,4 @@ async fn endpoints_added_by_reload_are_health_checked_and_ejected_like_the_first
     }
     assert_eq!(live.calls(), 30, "every call went to the live endpoint");
     gateway.stop().await;
-}
-
-async fn scrape_metrics(admin_address: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut admin = TcpStream::connect(admin_address).await.expect("admin port reachable");
-    admin.write_all(b"GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut scrape = String::new();
-    admin.read_to_string(&mut scrape).await.expect("a whole response");
-    scrape
 }

@@ -4,12 +4,14 @@
 //! name; health and reflection cover the mesh; and a burst of cancelled calls
 //! leaves the other calls on the shared upstream connection alone.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use mesh_gateway::{GatewayConfig, GatewayError};
+use mesh_gateway::GatewayConfig;
 use mesh_kit::{CancellationToken, MeshServer, RpcError, ServeError, ServerSettings};
 use mesh_proto::cache::v1::cache_client::CacheClient;
 use mesh_proto::cache::v1::cache_server::{Cache, CacheServer};
@@ -20,11 +22,12 @@ use mesh_proto::cache::v1::{
     InvalidateTagsResponse, ReleaseLeaseRequest, ReleaseLeaseResponse, SetManyRequest, SetManyResponse, SetRequest,
     SetResponse, WarmRequest, WarmResponse,
 };
+use support::{TestGateway, check_health};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -201,37 +204,6 @@ impl TestUpstream {
     }
 }
 
-struct TestGateway {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    serving: JoinHandle<Result<(), GatewayError>>,
-}
-
-impl TestGateway {
-    async fn start(config: GatewayConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
-        let address = listener.local_addr().expect("gateway address");
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(mesh_gateway::serve(listener, config, shutdown.clone()));
-        Self { address, shutdown, serving }
-    }
-
-    /// A client channel; the listener is bound, so connecting needs no wait.
-    fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.address)).expect("gateway uri").connect_lazy()
-    }
-
-    /// Starts the drain without waiting for it.
-    fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.serving.await.expect("gateway task").expect("gateway drains cleanly");
-    }
-}
-
 fn with_correlation_id<T>(message: T, correlation_id: &'static str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("x-correlation-id", correlation_id.parse().expect("ascii id"));
@@ -263,18 +235,13 @@ fn start_parked_calls(
     calls
 }
 
-async fn check_health(health: &mut HealthClient<Channel>, service: &str) -> Result<ServingStatus, Status> {
-    let response = health.check(HealthCheckRequest { service: service.to_owned() }).await?;
-    Ok(response.into_inner().status())
-}
-
 // === tests ===
 
 #[tokio::test]
 async fn a_unary_call_passes_through_with_the_callers_correlation_id() {
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
 
     let response = cache
         .get(with_correlation_id(GetRequest { key: "greeting".into() }, "corr-passthrough-1"))
@@ -294,7 +261,7 @@ async fn a_unary_call_passes_through_with_the_callers_correlation_id() {
 async fn a_call_without_an_id_gets_a_minted_one_that_the_upstream_sees_too() {
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
 
     let response = cache.get(GetRequest { key: "k".into() }).await.expect("get passes through");
 
@@ -309,7 +276,7 @@ async fn a_call_without_an_id_gets_a_minted_one_that_the_upstream_sees_too() {
 async fn an_upstream_error_keeps_its_code_message_and_details() {
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
 
     let status = cache
         .delete(with_correlation_id(DeleteRequest { key: "missing".into() }, "corr-error-1"))
@@ -330,7 +297,7 @@ async fn an_upstream_error_keeps_its_code_message_and_details() {
 async fn an_unknown_service_is_unimplemented_and_named() {
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut grpc = tonic::client::Grpc::new(gateway.channel());
+    let mut grpc = tonic::client::Grpc::new(gateway.connect_lazy());
     grpc.ready().await.expect("channel ready");
 
     let status = grpc
@@ -355,8 +322,8 @@ async fn an_unknown_service_is_unimplemented_and_named() {
 #[tokio::test]
 async fn a_gateway_without_upstreams_refuses_cache_and_is_serving() {
     let gateway = TestGateway::start(GatewayConfig::default()).await;
-    let mut cache = CacheClient::new(gateway.channel());
-    let mut health = HealthClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
+    let mut health = HealthClient::new(gateway.connect_lazy());
 
     let status = cache.get(GetRequest { key: "k".into() }).await.expect_err("cache is not configured");
 
@@ -370,8 +337,8 @@ async fn a_gateway_without_upstreams_refuses_cache_and_is_serving() {
 async fn health_follows_the_upstream_and_its_loss_makes_calls_unavailable() {
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut health = HealthClient::new(gateway.channel());
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut health = HealthClient::new(gateway.connect_lazy());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
 
     assert_eq!(check_health(&mut health, "").await.expect("check the mesh"), ServingStatus::Serving);
     assert_eq!(check_health(&mut health, "mesh.cache.v1.Cache").await.expect("check cache"), ServingStatus::Serving);
@@ -405,7 +372,7 @@ async fn reflection_lists_every_configured_service_and_health() {
 
     let upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut reflection = ServerReflectionClient::new(gateway.channel());
+    let mut reflection = ServerReflectionClient::new(gateway.connect_lazy());
 
     let list_services = ServerReflectionRequest {
         host: String::new(),
@@ -433,7 +400,7 @@ async fn reflection_lists_every_configured_service_and_health() {
 async fn a_client_stream_passes_through_batch_by_batch() {
     let mut upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
     let (batch_sender, batches) = mpsc::channel(1);
 
     let warming = tokio::spawn(async move { cache.warm(ReceiverStream::new(batches)).await });
@@ -456,7 +423,7 @@ async fn cancelling_many_calls_leaves_other_calls_on_the_upstream_connection_alo
     let mut upstream = TestUpstream::start().await;
     // One upstream connection, so the cancelled calls and the survivor share it.
     let gateway = TestGateway::start(GatewayConfig { upstream_connections: 1, ..upstream.gateway_config() }).await;
-    let channel = gateway.channel();
+    let channel = gateway.connect_lazy();
     let mut cache = CacheClient::new(channel.clone());
 
     let (batch_sender, batches) = mpsc::channel(1);
@@ -490,7 +457,7 @@ async fn cancelling_many_calls_leaves_other_calls_on_the_upstream_connection_alo
 async fn the_drain_lets_a_call_in_flight_finish() {
     let mut upstream = TestUpstream::start().await;
     let gateway = TestGateway::start(upstream.gateway_config()).await;
-    let mut cache = CacheClient::new(gateway.channel());
+    let mut cache = CacheClient::new(gateway.connect_lazy());
     let (batch_sender, batches) = mpsc::channel(1);
     let warming = tokio::spawn(async move { cache.warm(ReceiverStream::new(batches)).await });
     batch_sender.send(warm_batch(&["a"])).await.expect("warm call open");
@@ -511,7 +478,7 @@ async fn the_drain_cuts_calls_that_outlive_the_grace_period() {
     let mut upstream = TestUpstream::start().await;
     let config = GatewayConfig { shutdown_grace: Duration::from_millis(50), ..upstream.gateway_config() };
     let gateway = TestGateway::start(config).await;
-    let cache = CacheClient::new(gateway.channel());
+    let cache = CacheClient::new(gateway.connect_lazy());
     let mut never_ending = start_parked_calls(&cache, 1);
     upstream.parked_calls.wait_for(|parked| *parked == 1).await.expect("upstream running");
 
