@@ -4,23 +4,21 @@
 //! `tracing` decides per call site which subscribers care, and other tests
 //! running at the same time without one could make it skip this one's.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use mesh_kit::{CancellationToken, MeshServer, ServerSettings};
+use mesh_kit::CancellationToken;
 use mesh_proto::virtualmin::v1 as pb;
-use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
-use mesh_proto::virtualmin::v1::virtualmin_gateway_server::VirtualminGatewayServer;
-use mesh_virtualmin::config::{ConfigSecret, Scheme, ServerEntry};
-use mesh_virtualmin::{Gateway, VirtualminClient, VirtualminConfig, VirtualminGrpc};
+use mesh_virtualmin::VirtualminConfig;
+use mesh_virtualmin::config::ConfigSecret;
 use mesh_virtualmin_sim::{Fault, FaultRule, Simulator, SimulatorConfig};
 use secrecy::SecretString;
-use tokio::net::TcpListener;
+use support::{SIM_PASSWORD, serve_gateway, serve_simulator, simulator_config};
 use tokio::sync::watch;
-
-const SIM_PASSWORD: &str = "sim-password-7f3a";
 
 /// Log lines written while a test runs, shared with the subscriber.
 #[derive(Clone, Default)]
@@ -49,37 +47,10 @@ async fn passwords_never_reach_a_log_line_and_slow_calls_do() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let shutdown = CancellationToken::new();
     let simulator = Simulator::new(SimulatorConfig { password: SIM_PASSWORD.to_owned(), ..SimulatorConfig::default() });
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_port = sim_listener.local_addr().unwrap().port();
-    tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()));
-    let config = VirtualminConfig {
-        retry_delay: Duration::from_millis(5),
-        max_retries: 1,
-        servers: vec![ServerEntry {
-            id: "sim".to_owned(),
-            hostname: "127.0.0.1".to_owned(),
-            port: sim_port,
-            scheme: Scheme::Http,
-            username: "root".to_owned(),
-            password: Some(ConfigSecret::new(SecretString::from(SIM_PASSWORD))),
-            password_file: None,
-            password_env: None,
-            ca_file: None,
-            pinned_sha256: None,
-        }],
-        ..VirtualminConfig::default()
-    };
+    let sim_port = serve_simulator(&simulator, None, &shutdown).await;
+    let config = VirtualminConfig { max_retries: 1, ..simulator_config(sim_port) };
     let (settings, receiver) = watch::channel(Arc::new(config));
-    let gateway =
-        Gateway::new(VirtualminClient::new(receiver.clone(), mesh_kit::ConfigSource::default()).unwrap(), receiver);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = MeshServer::new(ServerSettings::default()).add_service(
-        VirtualminGatewayServer::new(VirtualminGrpc::new(gateway)),
-        mesh_proto::virtualmin::v1::FILE_DESCRIPTOR_SET,
-    );
-    tokio::spawn(server.serve(listener, shutdown.clone()));
-    let mut client = VirtualminGatewayClient::connect(format!("http://{address}")).await.unwrap();
+    let mut client = serve_gateway(receiver, None, &shutdown).await;
     let get_domain = pb::GetDomainRequest { server_id: "sim".into(), domain_name: "example.com".into() };
     let created = pb::CreateDomainRequest {
         server_id: "sim".into(),

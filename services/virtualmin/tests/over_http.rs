@@ -3,26 +3,25 @@
 //! generated client. Settings are sent through a `watch` channel, as the
 //! kit's reloader does, so a test can reload them mid-flight.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_kit::{CancellationToken, MeshServer, ServerSettings};
+use mesh_kit::CancellationToken;
 use mesh_proto::virtualmin::v1 as pb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
-use mesh_proto::virtualmin::v1::virtualmin_gateway_server::VirtualminGatewayServer;
-use mesh_virtualmin::config::{ConfigSecret, Scheme, ServerEntry, TimeoutClass};
-use mesh_virtualmin::{Gateway, Program, RemoteParams, VirtualminClient, VirtualminConfig, VirtualminGrpc};
+use mesh_virtualmin::config::{ConfigSecret, Scheme, TimeoutClass};
+use mesh_virtualmin::{Program, RemoteParams, VirtualminClient, VirtualminConfig};
 use mesh_virtualmin_sim::{Fault, FaultRule, Simulator, SimulatorConfig};
 use prost::Message as _;
 use secrecy::SecretString;
-use tokio::net::TcpListener;
+use support::{SIM_PASSWORD, serve_gateway, serve_simulator, simulator_config};
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
-
-const SIM_PASSWORD: &str = "sim-password-7f3a";
 
 struct Harness {
     simulator: Simulator,
@@ -60,44 +59,11 @@ impl Harness {
             domain_count: 40,
             ..SimulatorConfig::default()
         });
-        let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim_port = sim_listener.local_addr().unwrap().port();
-        match tls {
-            None => drop(tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()))),
-            Some(tls) => drop(tokio::spawn(simulator.clone().serve_tls(sim_listener, tls, shutdown.clone()))),
-        }
-
-        let mut config = VirtualminConfig {
-            retry_delay: Duration::from_millis(5),
-            servers: vec![ServerEntry {
-                id: "sim".to_owned(),
-                hostname: "127.0.0.1".to_owned(),
-                port: sim_port,
-                scheme: Scheme::Http,
-                username: "root".to_owned(),
-                password: Some(ConfigSecret::new(SecretString::from(SIM_PASSWORD))),
-                password_file: None,
-                password_env: None,
-                ca_file: None,
-                pinned_sha256: None,
-            }],
-            ..VirtualminConfig::default()
-        };
+        let sim_port = serve_simulator(&simulator, tls, &shutdown).await;
+        let mut config = simulator_config(sim_port);
         tweak(&mut config);
         let (settings, receiver) = watch::channel(Arc::new(config));
-        let client = VirtualminClient::new(receiver.clone(), mesh_kit::ConfigSource::default()).unwrap();
-        let gateway = Gateway::new(client, receiver);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = MeshServer::new(ServerSettings::default()).add_service(
-            VirtualminGatewayServer::new(VirtualminGrpc::new(gateway)).max_encoding_message_size(64 << 20),
-            mesh_proto::virtualmin::v1::FILE_DESCRIPTOR_SET,
-        );
-        tokio::spawn(server.serve(listener, shutdown.clone()));
-        let client = VirtualminGatewayClient::connect(format!("http://{address}"))
-            .await
-            .unwrap()
-            .max_decoding_message_size(64 << 20);
+        let client = serve_gateway(receiver, Some(64 << 20), &shutdown).await;
         Self { simulator, client, settings, shutdown }
     }
 

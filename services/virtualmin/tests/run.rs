@@ -3,12 +3,15 @@
 //! the `[virtualmin]` file section, a file edit reloaded into the next call,
 //! and a SIGHUP reloading an edit the file watcher cannot see.
 
+mod support;
+
 use std::time::Duration;
 
 use mesh_kit::{CancellationToken, ConfigSource, Runtime, ServerSettings};
 use mesh_proto::virtualmin::v1 as pb;
 use mesh_proto::virtualmin::v1::virtualmin_gateway_client::VirtualminGatewayClient;
 use mesh_virtualmin_sim::{Simulator, SimulatorConfig};
+use support::serve_simulator;
 use tokio::net::TcpListener;
 
 #[tokio::test]
@@ -16,9 +19,7 @@ async fn run_serves_env_configured_servers_and_reloads_the_file() {
     let shutdown = CancellationToken::new();
     let simulator =
         Simulator::new(SimulatorConfig { password: "from-env-var".to_owned(), ..SimulatorConfig::default() });
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_port = sim_listener.local_addr().unwrap().port();
-    tokio::spawn(simulator.clone().serve(sim_listener, shutdown.clone()));
+    let sim_port = serve_simulator(&simulator, None, &shutdown).await;
 
     let dir = std::env::temp_dir().join(format!("mesh-virtualmin-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
