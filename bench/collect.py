@@ -336,6 +336,9 @@ def docker(raw, reps):
         return out
 
     start, off, live = "start 10 containers", "feeds off", "live feeds"
+    # The bench prints its round count in its headings: "(median of N)".
+    round_counts = sorted({int(n) for text in per_rep for n in re.findall(r"\(median of (\d+)\)", text)})
+    rounds = " or ".join(str(n) for n in round_counts) + " round(s)" if round_counts else "its rounds"
     sequential = lambda samples: measured("sequential", "sequential calls", samples)
     rows = [
         row("start 10 containers", "ms", "lower",
@@ -366,7 +369,8 @@ def docker(raw, reps):
         "title": "DockerOps: sequential vs batched on the real engine",
         "about": (
             "A DockerOps server on loopback and the generated client against this machine's engine "
-            "(`services/docker/benches/batch_vs_sequential.rs`, median of its 7 rounds per figure). Sequential is one "
+            f"(`services/docker/benches/batch_vs_sequential.rs`, median of {rounds} per figure, "
+            "`MESH_BENCH_DOCKER_ROUNDS`). Sequential is one "
             "call per container, each awaited before the next; batched is one call for all of them. Live-feed rows "
             "compare with sequential one-shot sampling. Targets from the DockerOps issue: start 10 ≤ 1 s; stats of "
             "20 ≤ 0.5 s."
@@ -402,6 +406,56 @@ def bulkops(raw, reps):
                 target=("at_least", 500)),
             row("suspend 100 domains", "ms", "lower", measured("bulkops", "BulkOps job", seconds(100)),
                 target=("at_most", 1000)),
+        ],
+    }
+
+
+def memory(raw, reps):
+    calls_per_batch = 64
+
+    def calls_per_second(case):
+        out = []
+        for r in range(1, reps + 1):
+            ns = criterion_estimate(raw / f"r{r}" / f"{case}.json")
+            out.append(None if not ns else calls_per_batch / (ns / 1e9))
+        return out
+
+    before, watched, after = (calls_per_second(case) for case in ("unwatched", "snapshots_every_1s", "unwatched_again"))
+    # The unwatched cases run just before and just after the watched one: their mean cancels a steady drift of
+    # the shared machine over the run, which the first or the second alone would count as (or hide) a loss.
+    bracketing = [None if first is None or second is None else (first + second) / 2 for first, second in zip(before, after)]
+    snapshots = []
+    for r in range(1, reps + 1):
+        found = re.search(r"snapshots while watched: (\d+)", read(raw / f"r{r}.out"))
+        snapshots.append(float(found.group(1)) if found else None)
+    throughput = "throughput, 64 concurrent Health/Check calls"
+    watched_side = lambda: measured("watched", "snapshots every 1 s", watched)
+    return {
+        "section": "memory",
+        "title": "MemoryProfiler: snapshot overhead",
+        "about": (
+            "A busy service (a `MeshServer` with one registered gauge, jemalloc as the allocator) answers batches of 64 "
+            "concurrent unary calls (`grpc.health.v1.Health/Check`, through the whole kit stack) over one HTTP/2 "
+            "connection, all in one process (`services/memory/benches/snapshot_overhead.rs`, criterion median time "
+            "of a batch, as calls/s; not pinned: client, service and profiler share the cores). The same run measures "
+            "it unwatched, then while a MemoryProfiler snapshots it every second (`MESH_MEMORY_SNAPSHOT_INTERVAL=1`: "
+            "`GetMemoryStats` reads `/proc/self/statm`, `/proc/self/smaps_rollup`, the cgroup limit and jemalloc's "
+            "stats after an epoch advance; the watched case starts once the first snapshot is taken), then unwatched "
+            "again. The loss is judged against the mean of the two unwatched cases, which cancels a steady drift of "
+            "the machine; the drift row shows how far the two unwatched cases differ, and a drift larger than 2 % "
+            "makes the verdict noise. Target from the MemoryProfiler issue: < 2 % loss, i.e. watched ≥ 0.98× "
+            "unwatched."
+        ),
+        "repetitions": reps,
+        "rows": [
+            row(throughput, "calls/s", "higher", watched_side(),
+                measured("unwatched", "unwatched (mean of before and after)", bracketing), ("ratio_at_least", 0.98)),
+            row(throughput, "calls/s", "higher", watched_side(), measured("unwatched", "unwatched, before", before)),
+            row(throughput, "calls/s", "higher", watched_side(), measured("unwatched", "unwatched, after", after)),
+            row(f"{throughput}: drift", "calls/s", "higher", measured("unwatched", "unwatched, after", after),
+                measured("unwatched", "unwatched, before", before)),
+            row("snapshots of the busy service while watched", "snapshots", "higher",
+                measured("watched", "MemoryProfiler", snapshots)),
         ],
     }
 
@@ -530,7 +584,7 @@ def main():
     section, raw, out, reps = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4])
     builders = {
         "edge": edge, "cache": cache, "virtualmin": virtualmin, "docker": docker, "bulkops": bulkops,
-        "footprint": footprint, "soak": soak,
+        "memory": memory, "footprint": footprint, "soak": soak,
         "vpnusers": lambda raw, reps: vpnusers(raw, reps, int(read(raw / "users.txt").strip() or 0)),
     }
     result = builders[section](raw, reps)

@@ -356,6 +356,41 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_target_reads_as_a_fraction_of_the_peer() {
+        // MemoryProfiler's "< 2 % loss": watched ≥ 0.98× unwatched, judged on the medians.
+        let measured =
+            |name: &str, samples: &[f64]| Measured { name: name.into(), label: name.into(), samples: samples.to_vec() };
+        let loss_row = |watched: &[f64]| Row {
+            measure: "throughput".into(),
+            unit: "calls/s".into(),
+            better: Better::Higher,
+            subject: measured("watched", watched),
+            peer: Some(measured("unwatched", &[10_000.0])),
+            target: Some(Target::RatioAtLeast(0.98)),
+        };
+        let memory = Section {
+            id: "memory".into(),
+            title: "MemoryProfiler: snapshot overhead".into(),
+            about: String::new(),
+            measured: String::new(),
+            commands: Vec::new(),
+            repetitions: 1,
+            failures: BTreeMap::new(),
+            rows: vec![loss_row(&[9_900.0]), loss_row(&[9_700.0])],
+            plots: Vec::new(),
+        };
+        let text = section(&memory, "bench");
+        assert!(
+            text.contains("| 9,900 calls/s | unwatched | 10,000 calls/s | 0.99× | ≥ 0.98× unwatched | pass |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 9,700 calls/s | unwatched | 10,000 calls/s | 0.97× | ≥ 0.98× unwatched | **fail** |"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn failure_reasons_cannot_break_the_table() {
         assert_eq!(cell("exit 1 | stderr:\nboom"), "exit 1 \\| stderr: boom");
     }

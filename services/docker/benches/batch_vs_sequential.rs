@@ -4,8 +4,9 @@
 //!
 //! "Sequential" is one call per container, each awaited before the next (how
 //! a caller without batch calls does it); "batched" is one call for all of
-//! them at the given concurrency. Each figure is the median of `ROUNDS`
-//! rounds; between start rounds the containers are stopped again (untimed).
+//! them at the given concurrency. Each figure is the median of 7 rounds
+//! (`MESH_BENCH_DOCKER_ROUNDS` changes it: `bench/run --quick` asks for 1);
+//! between start rounds the containers are stopped again (untimed).
 //! Run with `cargo bench -p mesh-docker --bench batch_vs_sequential`; under
 //! `cargo test` it does nothing, so the test suite does not time anything.
 //! Its containers and its image are removed when the harnesses drop, also
@@ -16,11 +17,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use mesh_kit::ConfigSource;
 use mesh_proto::docker::v1 as pb;
 use support::{TestDockerOps, assert_ok};
 
-/// Rounds per figure; the median is reported.
-const ROUNDS: usize = 7;
+/// Rounds per figure unless `MESH_BENCH_DOCKER_ROUNDS` says otherwise; the median is reported.
+const DEFAULT_ROUNDS: usize = 7;
 
 fn main() {
     let is_bench = std::env::args().any(|arg| arg == "--bench");
@@ -28,20 +30,40 @@ fn main() {
         println!("batch_vs_sequential: skipped (run it with `cargo bench`)");
         return;
     }
+    let source = ConfigSource::from_process();
+    let rounds = match source.var("MESH_BENCH_DOCKER_ROUNDS") {
+        None => DEFAULT_ROUNDS,
+        Some(text) => match text.parse::<usize>() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => panic!("MESH_BENCH_DOCKER_ROUNDS must be a positive number of rounds, got {text:?}"),
+        },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime.block_on(run());
+    runtime.block_on(run(rounds));
 }
 
-async fn run() {
+async fn run(rounds: usize) {
     let mut mesh = TestDockerOps::start().await;
     let stats_ids = mesh.create_managed(20, true).await;
     let start_ids = mesh.create_managed(10, false).await;
 
-    println!("start 10 containers (median of {ROUNDS})");
-    report("sequential, 10 calls", time_starts(&mut mesh, &start_ids, None).await);
+    println!("start 10 containers (median of {rounds})");
+    report("sequential, 10 calls", time_starts(&mut mesh, &start_ids, None, rounds).await);
     for max_concurrent in [5, 10] {
-        let median = time_starts(&mut mesh, &start_ids, Some(max_concurrent)).await;
+        let median = time_starts(&mut mesh, &start_ids, Some(max_concurrent), rounds).await;
         report(&format!("batched, 1 call, max_concurrent {max_concurrent}"), median);
+    }
+    // The rows above are containers on the engine's default bridge network.
+    // The same batched start of 10 on containers whose spec names another
+    // network mode shows what the engine's network set-up costs: `none`
+    // still gets a network namespace of its own, `host` none at all. They
+    // are removed before the stats rows, which so run beside the same
+    // containers as before.
+    for network_mode in ["none", "host"] {
+        let ids = mesh.create_managed_on_network(10, false, network_mode).await;
+        let median = time_starts(&mut mesh, &ids, Some(10), rounds).await;
+        report(&format!("batched, 1 call, max_concurrent 10, network {network_mode}"), median);
+        remove_containers(&mut mesh, ids).await;
     }
 
     // One-shot sampling, as without live feeds: a second server on the same
@@ -52,17 +74,17 @@ async fn run() {
         ("MESH_DOCKER_NAMESPACE_LABEL", namespace_label.as_str()),
     ])
     .await;
-    println!("stats of 20 running containers, feeds off: one-shot samples (median of {ROUNDS})");
+    println!("stats of 20 running containers, feeds off: one-shot samples (median of {rounds})");
     for window_ms in [0u64, 200] {
         let window = Duration::from_millis(window_ms);
-        let mut sequential = Vec::with_capacity(ROUNDS);
-        for _ in 0..ROUNDS {
+        let mut sequential = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
             sequential.push(stats_one_by_one(&mut one_shot, &stats_ids, window).await);
         }
         report(&format!("sequential, 20 calls, cpu window {window_ms} ms"), median(sequential));
         for max_concurrent in [5, 10] {
-            let mut batched = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
+            let mut batched = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
                 batched.push(stats_batched(&mut one_shot, &stats_ids, window, max_concurrent).await);
             }
             let label = format!("batched, 1 call, max_concurrent {max_concurrent}, cpu window {window_ms} ms");
@@ -70,14 +92,14 @@ async fn run() {
         }
     }
 
-    println!("stats of 20 running containers, live feeds (the default)");
+    println!("stats of 20 running containers, live feeds (the default; median of {rounds})");
     let first = stats_batched(&mut mesh, &stats_ids, Duration::from_millis(200), 10).await;
     report("first call (starts the feeds), max_concurrent 10", first);
     for window_ms in [0u64, 200] {
         let window = Duration::from_millis(window_ms);
         for max_concurrent in [5, 10] {
-            let mut batched = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
+            let mut batched = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
                 batched.push(stats_batched(&mut mesh, &stats_ids, window, max_concurrent).await);
             }
             let label = format!("later calls, max_concurrent {max_concurrent}, cpu window {window_ms} ms");
@@ -96,11 +118,16 @@ fn median(mut durations: Vec<Duration>) -> Duration {
     durations[durations.len() / 2]
 }
 
-/// Times starting `ids` over `ROUNDS` rounds, one call per container when
+/// Times starting `ids` over `rounds` rounds, one call per container when
 /// `batched_concurrency` is `None`, stopping them (untimed) before each round.
-async fn time_starts(mesh: &mut TestDockerOps, ids: &[String], batched_concurrency: Option<u32>) -> Duration {
-    let mut durations = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
+async fn time_starts(
+    mesh: &mut TestDockerOps,
+    ids: &[String],
+    batched_concurrency: Option<u32>,
+    rounds: usize,
+) -> Duration {
+    let mut durations = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
         let stopped = mesh
             .client
             .stop_containers(pb::StopContainersRequest {
@@ -120,6 +147,13 @@ async fn time_starts(mesh: &mut TestDockerOps, ids: &[String], batched_concurren
         durations.push(started_at.elapsed());
     }
     median(durations)
+}
+
+async fn remove_containers(mesh: &mut TestDockerOps, ids: Vec<String>) {
+    let request =
+        pb::RemoveContainersRequest { container_ids: ids, force: true, remove_volumes: true, max_concurrent: 10 };
+    let response = mesh.client.remove_containers(request).await.expect("remove").into_inner();
+    response.results.iter().for_each(|r| assert_ok(r.result.as_ref()));
 }
 
 async fn start_one_by_one(mesh: &mut TestDockerOps, ids: Vec<String>) {
