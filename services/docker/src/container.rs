@@ -11,6 +11,9 @@ use crate::scope::ManagementScope;
 /// Longest container id, id prefix or name accepted, in characters.
 const MAX_CONTAINER_ID_CHARS: usize = 128;
 
+/// Longest network name accepted in a spec, in characters.
+const MAX_NETWORK_NAME_CHARS: usize = 128;
+
 /// The engine's minimum memory limit (6 MiB).
 pub const MIN_MEMORY_LIMIT_BYTES: u64 = 6 * 1024 * 1024;
 
@@ -154,6 +157,9 @@ pub struct ContainerSpec {
     pub memory_limit_bytes: u64,
     /// Whether to start it once created.
     pub start: bool,
+    /// The network it joins (`bridge`, `host`, `none` or a network's name);
+    /// empty means the engine's default, `bridge`.
+    pub network_mode: String,
 }
 
 impl ContainerSpec {
@@ -219,8 +225,30 @@ impl ContainerSpec {
         if i64::try_from(self.memory_limit_bytes).is_err() {
             return Err(invalid("specs.memory_limit_bytes", "is too large"));
         }
+        check_network_mode(&self.network_mode).map_err(|reason| invalid("specs.network_mode", reason))?;
         Ok(())
     }
+}
+
+/// Checks a network mode: empty, or a network name as the engine spells
+/// them (`bridge`, `host` and `none` included). `container:<id>` is refused:
+/// it would share the network of a container that may be outside the scope.
+fn check_network_mode(network_mode: &str) -> Result<(), &'static str> {
+    let Some(first) = network_mode.chars().next() else {
+        return Ok(());
+    };
+    if network_mode.starts_with("container:") {
+        return Err("joining another container's network (`container:<id>`) is not allowed");
+    }
+    if network_mode.chars().count() > MAX_NETWORK_NAME_CHARS {
+        return Err("must be at most 128 characters");
+    }
+    if !first.is_ascii_alphanumeric()
+        || !network_mode.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err("must be bridge, host, none or a network name ([A-Za-z0-9][A-Za-z0-9_.-]*)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,9 +310,17 @@ mod tests {
             ),
             (ContainerSpec { max_restart_count: 3, ..good.clone() }, "specs.max_restart_count"),
             (ContainerSpec { memory_limit_bytes: 1024, ..good.clone() }, "specs.memory_limit_bytes"),
+            (ContainerSpec { network_mode: "container:web".into(), ..good.clone() }, "specs.network_mode"),
+            (ContainerSpec { network_mode: "-net".into(), ..good.clone() }, "specs.network_mode"),
+            (ContainerSpec { network_mode: "a/b".into(), ..good.clone() }, "specs.network_mode"),
+            (ContainerSpec { network_mode: "n".repeat(129), ..good.clone() }, "specs.network_mode"),
         ];
         for (spec, field) in cases {
             assert_eq!(field_of(&spec), Some(field), "{spec:?}");
+        }
+        for network_mode in ["", "bridge", "host", "none", "backend_net-1.blue"] {
+            let spec = ContainerSpec { network_mode: network_mode.into(), ..good.clone() };
+            assert_eq!(spec.validate(&scope()), Ok(()), "{network_mode:?}");
         }
     }
 }

@@ -218,12 +218,14 @@ impl DockerEngine {
         }
     }
 
-    /// Maps a failure of a call about container `id`: 404 means no such container.
+    /// Maps a failure of a call about container `id`: 404 means no such
+    /// container, or, when starting it, no such network.
     fn container_error(&self, error: EngineError, id: &str) -> DockerError {
         match error {
-            EngineError::DockerResponseServerError { status_code: 404, .. } => {
-                DockerError::ContainerNotFound { id: id.to_owned() }
-            }
+            EngineError::DockerResponseServerError { status_code: 404, message } => match missing_network(&message) {
+                Some(network) => DockerError::NetworkNotFound { network: network.to_owned() },
+                None => DockerError::ContainerNotFound { id: id.to_owned() },
+            },
             other => self.engine_error(other),
         }
     }
@@ -616,6 +618,8 @@ fn container_body(spec: &ContainerSpec, scope: &ManagementScope) -> ContainerCre
         nano_cpus: (spec.cpu_limit_millicores > 0)
             .then(|| i64::try_from(spec.cpu_limit_millicores * 1_000_000).unwrap_or(i64::MAX)),
         memory: (spec.memory_limit_bytes > 0).then(|| i64::try_from(spec.memory_limit_bytes).unwrap_or(i64::MAX)),
+        // Unset leaves the choice to the engine, which picks its bridge.
+        network_mode: (!spec.network_mode.is_empty()).then(|| spec.network_mode.clone()),
         ..HostConfig::default()
     };
     let mut exposed_ports: Vec<String> = port_bindings.into_keys().collect();
@@ -656,6 +660,12 @@ fn container_event(message: EventMessage) -> Option<ContainerEvent> {
         exit_code,
         occurred_at,
     })
+}
+
+/// The network named by the engine's "network <name> not found", the 404
+/// it answers when a container's network is gone at start.
+fn missing_network(message: &str) -> Option<&str> {
+    message.strip_prefix("network ")?.strip_suffix(" not found")
 }
 
 /// Whole seconds, rounded up, as the engine's `t` parameter takes them.
@@ -721,6 +731,12 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_network_is_told_from_a_missing_container() {
+        assert_eq!(missing_network("network backend not found"), Some("backend"));
+        assert_eq!(missing_network("No such container: 3f2a"), None);
+    }
+
+    #[test]
     fn stop_timeouts_round_up_to_whole_seconds() {
         assert_eq!(whole_seconds(Duration::ZERO), 0);
         assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
@@ -764,6 +780,9 @@ mod tests {
         assert_eq!(host.memory, Some(64 << 20));
         assert_eq!(host.restart_policy.unwrap().maximum_retry_count, Some(3));
         assert!(host.port_bindings.unwrap().contains_key("80/tcp"));
+        assert_eq!(host.network_mode, None, "an unset network mode is the engine's choice");
+        let isolated = ContainerSpec { network_mode: "none".into(), ..spec };
+        assert_eq!(container_body(&isolated, &scope).host_config.unwrap().network_mode.as_deref(), Some("none"));
     }
 
     #[test]

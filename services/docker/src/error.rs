@@ -61,6 +61,11 @@ pub enum DockerError {
     #[error("image `{image}` is not on the engine")]
     ImageNotFound { image: String },
 
+    /// The network a container is to join is not on the engine (the engine
+    /// creates such a container, then refuses to start it).
+    #[error("network `{network}` is not on the engine")]
+    NetworkNotFound { network: String },
+
     /// Another container already has the name.
     #[error("the container name `{name}` is already in use")]
     NameTaken { name: String },
@@ -103,6 +108,7 @@ impl DockerError {
             Self::ContainerNotFound { .. } => "CONTAINER_NOT_FOUND",
             Self::NotManaged { .. } => "CONTAINER_NOT_MANAGED",
             Self::ImageNotFound { .. } => "IMAGE_NOT_FOUND",
+            Self::NetworkNotFound { .. } => "NETWORK_NOT_FOUND",
             Self::NameTaken { .. } => "CONTAINER_NAME_TAKEN",
             Self::EngineRefused { .. } => "ENGINE_REFUSED",
             Self::EngineUnavailable { .. } => "ENGINE_UNAVAILABLE",
@@ -127,7 +133,9 @@ impl DockerError {
             Self::InvalidPageToken => Some("page_token"),
             Self::ImageNotFound { .. } => Some("specs.image"),
             Self::NameTaken { .. } => Some("specs.name"),
+            // Not `specs.network_mode`: a StartContainers call meets it too.
             Self::ContainerNotFound { .. }
+            | Self::NetworkNotFound { .. }
             | Self::NotManaged { .. }
             | Self::EngineRefused { .. }
             | Self::EngineUnavailable { .. }
@@ -162,6 +170,7 @@ mod tests {
             DockerError::ContainerNotFound { id: "abc".into() },
             DockerError::NotManaged { id: "abc".into(), required: "mesh.managed=true".into() },
             DockerError::ImageNotFound { image: "nginx:1".into() },
+            DockerError::NetworkNotFound { network: "backend".into() },
             DockerError::NameTaken { name: "web".into() },
             DockerError::EngineRefused { status_code: 409, message: "container is running".into() },
             DockerError::EngineUnavailable { host: "unix:///x".into(), cause: "socket not found".into() },

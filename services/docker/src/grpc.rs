@@ -45,7 +45,9 @@ impl RpcError for DockerError {
             | Self::InvalidPageSize { .. }
             | Self::InvalidPageToken
             | Self::InvalidSpec { .. } => Code::InvalidArgument,
-            Self::ContainerNotFound { .. } | Self::ImageNotFound { .. } => Code::NotFound,
+            Self::ContainerNotFound { .. } | Self::ImageNotFound { .. } | Self::NetworkNotFound { .. } => {
+                Code::NotFound
+            }
             Self::NotManaged { .. } => Code::PermissionDenied,
             Self::NameTaken { .. } => Code::AlreadyExists,
             Self::EngineRefused { .. } => Code::FailedPrecondition,
@@ -264,6 +266,7 @@ fn spec_from_wire(spec: pb::ContainerSpec) -> ContainerSpec {
         cpu_limit_millicores: spec.cpu_limit_millicores,
         memory_limit_bytes: spec.memory_limit_bytes,
         start: spec.start,
+        network_mode: spec.network_mode,
     }
 }
 

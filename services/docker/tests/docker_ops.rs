@@ -189,6 +189,7 @@ async fn containers_are_created_labelled_and_removed() {
         cpu_limit_millicores: 500,
         memory_limit_bytes: 64 * 1024 * 1024,
         start: true,
+        network_mode: String::new(),
     };
     let bad_image = pb::ContainerSpec { image: "mesh-test-no-such-image:1".into(), ..Default::default() };
     let reserved = pb::ContainerSpec {
@@ -262,6 +263,51 @@ async fn containers_are_created_labelled_and_removed() {
         .expect("remove again")
         .into_inner();
     assert_eq!(item_code(again.results[0].result.as_ref()), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_container_joins_the_network_its_spec_names() {
+    let mut mesh = TestDockerOps::start().await;
+    let missing_network = format!("mesh-test-no-such-network-{}", mesh.namespace);
+    let spec = |network_mode: &str| pb::ContainerSpec {
+        image: mesh.image().to_owned(),
+        start: true,
+        network_mode: network_mode.to_owned(),
+        ..Default::default()
+    };
+    let specs = vec![spec(""), spec("none"), spec("host"), spec("bridge"), spec(&missing_network), spec("container:x")];
+    let response = mesh
+        .client
+        .create_containers(pb::CreateContainersRequest { specs, max_concurrent: 0 })
+        .await
+        .expect("create")
+        .into_inner();
+    let results = &response.results;
+    for result in &results[..4] {
+        assert_ok(result.result.as_ref());
+        assert_eq!(inspect(&result.container_id, "{{.State.Status}}"), "running");
+    }
+    let network_of = |index: usize| inspect(&results[index].container_id, "{{.HostConfig.NetworkMode}}");
+    assert_eq!(network_of(0), "default", "an unset mode is the engine's default");
+    assert_eq!(network_of(1), "none");
+    assert_eq!(network_of(2), "host");
+    assert_eq!(network_of(3), "bridge");
+    let address_of = |index: usize| inspect(&results[index].container_id, "{{.NetworkSettings.IPAddress}}");
+    assert!(!address_of(0).is_empty(), "the default bridge gives an address");
+    assert_eq!(address_of(1), "", "`none` has a loopback interface only");
+
+    // The engine creates a container on a missing network and refuses to start it.
+    let on_missing_network = results[4].result.as_ref();
+    assert_eq!(
+        (item_code(on_missing_network), item_reason(on_missing_network).as_str()),
+        (Code::NotFound, "NETWORK_NOT_FOUND")
+    );
+    assert!(on_missing_network.unwrap().status.as_ref().unwrap().message.contains(&missing_network));
+    assert_eq!(inspect(&results[4].container_id, "{{.State.Status}}"), "created");
+
+    let joining = results[5].result.as_ref();
+    assert_eq!((item_code(joining), item_reason(joining).as_str()), (Code::InvalidArgument, "INVALID_CONTAINER_SPEC"));
+    assert!(results[5].container_id.is_empty(), "nothing reached the engine");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

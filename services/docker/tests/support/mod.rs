@@ -134,8 +134,19 @@ impl TestDockerOps {
 
     /// Creates `count` managed containers through the service; returns their ids.
     pub async fn create_managed(&mut self, count: usize, start: bool) -> Vec<String> {
+        self.create_managed_on_network(count, start, "").await
+    }
+
+    /// Creates `count` managed containers on `network_mode` (empty: the
+    /// engine's default bridge) through the service; returns their ids.
+    pub async fn create_managed_on_network(&mut self, count: usize, start: bool, network_mode: &str) -> Vec<String> {
         let specs = (0..count)
-            .map(|_| pb::ContainerSpec { image: self.image().to_owned(), start, ..Default::default() })
+            .map(|_| pb::ContainerSpec {
+                image: self.image().to_owned(),
+                start,
+                network_mode: network_mode.to_owned(),
+                ..Default::default()
+            })
             .collect();
         let response = self
             .client
