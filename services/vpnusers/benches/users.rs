@@ -130,10 +130,20 @@ async fn fill(backend: &str, directory: &UserDirectory, count: usize, writers: u
     let rate = count as f64 / elapsed.as_secs_f64();
     println!(
         "vpnusers/{backend}/batch_create: {count} users from {writers} caller(s) in {:.2} s = {rate:.0} users/s; \
-         per batch of {BATCH_SIZE}: {}",
+         per batch of {BATCH_SIZE}: {}; {}",
         elapsed.as_secs_f64(),
-        percentiles(&mut batch_latencies)
+        percentiles(&mut batch_latencies),
+        load_average()
     );
+}
+
+/// The machine's load average, printed with the figures: on a shared machine
+/// wall-clock results only compare at a similar load.
+fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(line) => format!("load average {}", line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        Err(_) => "load average unknown".to_owned(),
+    }
 }
 
 fn percentiles(latencies: &mut [Duration]) -> String {
@@ -257,4 +267,5 @@ fn bench_at_size(criterion: &mut Criterion, runtime: &Runtime, backend: &str, di
             directory.set_status(UserStatus::Expired, &StatusSelector::Ids(thousand_ids.clone())).await.unwrap();
         }))
     });
+    println!("vpnusers/{backend}/{count}: {} after the measurements", load_average());
 }
