@@ -5,10 +5,15 @@
 //! letter or digit turned into a space. So both tokenizers (FTS5 `unicode61`
 //! and PostgreSQL's `simple` configuration) see plain words and agree on them.
 //!
-//! A query goes through the same normalisation ([`query_words`]); each word
-//! becomes a quoted prefix term (FTS5 `"word"*`, tsquery `word:*`) joined by
-//! AND. Words hold only letters and digits, so no input can be query syntax:
-//! `" OR *)` is just no words, and `NEAR` or `AND` are words to find.
+//! A query goes through the same normalisation ([`query_words`]); the words
+//! are joined by AND, every word but the last as an exact term (FTS5
+//! `"word"`, tsquery `word`) and the last, which the caller may still be
+//! typing, as a prefix term (`"word"*`, `word:*`). Making every word a prefix
+//! let a finished common word (`ticket`) expand to a term per row and cost
+//! ×30 (see docs/benchmarks-notes.md, VpnUsers); search-as-you-type engines
+//! choose the same ("prefix last"). Words hold only letters and digits, so no
+//! input can be query syntax: `" OR *)` is just no words, and `NEAR` or `AND`
+//! are words to find.
 
 use crate::error::VpnUsersError;
 
@@ -52,18 +57,31 @@ pub fn query_words(query: &str) -> Result<Vec<String>, VpnUsersError> {
     Ok(found)
 }
 
-/// An FTS5 `MATCH` expression: every word as a quoted prefix term.
+/// An FTS5 `MATCH` expression: quoted exact terms, the last a prefix term.
 #[must_use]
 pub fn fts5_expression(words: &[String]) -> String {
-    let terms: Vec<String> = words.iter().map(|word| format!("\"{}\"*", word.replace('"', "\"\""))).collect();
+    let last = words.len().saturating_sub(1);
+    let terms: Vec<String> = words
+        .iter()
+        .enumerate()
+        .map(|(index, word)| {
+            let quoted = word.replace('"', "\"\"");
+            if index == last { format!("\"{quoted}\"*") } else { format!("\"{quoted}\"") }
+        })
+        .collect();
     terms.join(" AND ")
 }
 
-/// A `to_tsquery('simple', ..)` argument: every word as a prefix term.
+/// A `to_tsquery('simple', ..)` argument: exact terms, the last a prefix term.
 #[must_use]
 pub fn tsquery_expression(words: &[String]) -> String {
     debug_assert!(words.iter().all(|word| word.chars().all(char::is_alphanumeric)), "words are alphanumeric");
-    let terms: Vec<String> = words.iter().map(|word| format!("{word}:*")).collect();
+    let last = words.len().saturating_sub(1);
+    let terms: Vec<String> = words
+        .iter()
+        .enumerate()
+        .map(|(index, word)| if index == last { format!("{word}:*") } else { word.clone() })
+        .collect();
     terms.join(" & ")
 }
 
@@ -91,20 +109,20 @@ mod tests {
     }
 
     #[test]
-    fn queries_become_prefix_terms_and_never_syntax() {
+    fn queries_become_exact_terms_then_a_prefix_and_never_syntax() {
         check("alice", "\"alice\"*", "alice:*");
-        check("Alice EXAMPLE", "\"alice\"* AND \"example\"*", "alice:* & example:*");
-        check("alice@example.com", "\"alice\"* AND \"example\"* AND \"com\"*", "alice:* & example:* & com:*");
-        check("a\" OR \"b", "\"a\"* AND \"or\"* AND \"b\"*", "a:* & or:* & b:*");
+        check("Alice EXAMPLE", "\"alice\" AND \"example\"*", "alice & example:*");
+        check("alice@example.com", "\"alice\" AND \"example\" AND \"com\"*", "alice & example & com:*");
+        check("a\" OR \"b", "\"a\" AND \"or\" AND \"b\"*", "a & or & b:*");
         check(
             "NEAR(x y) AND NOT z*",
-            "\"near\"* AND \"x\"* AND \"y\"* AND \"and\"* AND \"not\"* AND \"z\"*",
-            "near:* & x:* & y:* & and:* & not:* & z:*",
+            "\"near\" AND \"x\" AND \"y\" AND \"and\" AND \"not\" AND \"z\"*",
+            "near & x & y & and & not & z:*",
         );
         check(
             "'; DROP TABLE vpn_users; --",
-            "\"drop\"* AND \"table\"* AND \"vpn\"* AND \"users\"*",
-            "drop:* & table:* & vpn:* & users:*",
+            "\"drop\" AND \"table\" AND \"vpn\" AND \"users\"*",
+            "drop & table & vpn & users:*",
         );
         check("!&|():*<->", "", "");
         check("bob bob", "\"bob\"*", "bob:*");

@@ -329,8 +329,10 @@ async fn search_escapes_input_and_ranks(db: &TestDb) {
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
     let hits = directory.search_users("ali", 10, None).await.unwrap().hits;
     assert_eq!(hits.len(), 3, "prefix match on {}", db.backend_name);
-    let hits = directory.search_users("ALI corp", 10, None).await.unwrap().hits;
-    assert_eq!(names(&hits), ["alicia"]);
+    let hits = directory.search_users("KEYS cor", 10, None).await.unwrap().hits;
+    assert_eq!(names(&hits), ["alicia"], "exact words, the last a prefix, on {}", db.backend_name);
+    // Only the last word is a prefix: a finished word must match a whole word.
+    assert!(directory.search_users("ali corp", 10, None).await.unwrap().hits.is_empty(), "{}", db.backend_name);
     for hostile in [
         "\"",
         "alice\" OR \"bob",
