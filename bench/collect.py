@@ -347,6 +347,16 @@ def docker(raw, reps):
         row("start 10 containers", "ms", "lower",
             measured("batched", "1 batched call, max_concurrent 5", in_block(start, "batched, 1 call, max_concurrent 5")),
             sequential(in_block(start, "sequential, 10 calls"))),
+    ] + [
+        # The same batched start on containers created with another network mode, against the bridge row:
+        # what the engine's network set-up costs (docs/benchmarks-notes.md, DockerOps). No target of its own.
+        row(f"start 10 containers, network {mode}", "ms", "lower",
+            measured("batched", f"1 batched call, max_concurrent 10, network {mode}",
+                     in_block(start, f"batched, 1 call, max_concurrent 10, network {mode}")),
+            measured("batched", "the same on the default bridge network",
+                     in_block(start, "batched, 1 call, max_concurrent 10")))
+        for mode in ("none", "host")
+    ] + [
         row("stats of 20, feeds off, no CPU %", "ms", "lower",
             measured("batched", "1 batched call, max_concurrent 10",
                      in_block(off, "batched, 1 call, max_concurrent 10, cpu window 0 ms")),
@@ -372,7 +382,9 @@ def docker(raw, reps):
             f"(`services/docker/benches/batch_vs_sequential.rs`, median of {rounds} per figure, "
             "`MESH_BENCH_DOCKER_ROUNDS`). Sequential is one "
             "call per container, each awaited before the next; batched is one call for all of them. Live-feed rows "
-            "compare with sequential one-shot sampling. Targets from the DockerOps issue: start 10 ≤ 1 s; stats of "
+            "compare with sequential one-shot sampling. The default bridge network is what the start target is about; "
+            "the `network none` and `network host` rows start containers created with that `network_mode`, to show "
+            "the engine's network set-up cost. Targets from the DockerOps issue: start 10 ≤ 1 s; stats of "
             "20 ≤ 0.5 s."
         ),
         "repetitions": reps,
