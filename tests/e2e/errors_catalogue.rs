@@ -908,6 +908,10 @@ async fn docker_cases(cat: &mut Catalogue, mut client: DockerOpsClient<Channel>)
     let answer = client.create_containers(cat.request(create(vec![no_image]))).await;
     let first_result = |answer: &docker::CreateContainersResponse| first_container_status(&answer.results);
     cat.record_item(DOCKER, "CreateContainers (item)", "a spec without an image", answer, first_result);
+    let joins_another =
+        docker::ContainerSpec { image: "catalogue".into(), network_mode: "container:web".into(), ..Default::default() };
+    let answer = client.create_containers(cat.request(create(vec![joins_another]))).await;
+    cat.record_item(DOCKER, "CreateContainers (item)", "network_mode `container:web`", answer, first_result);
     let remove = docker::RemoveContainersRequest { container_ids: Vec::new(), ..Default::default() };
     let answer = client.remove_containers(cat.request(remove)).await;
     cat.record(DOCKER, "RemoveContainers", "no container ids", answer);
