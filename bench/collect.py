@@ -258,7 +258,7 @@ def vpnusers(raw, reps, users):
     def fill_rate(backend):
         out = []
         for text in per_rep:
-            found = re.search(rf"vpnusers/{backend}/batch_create: \d+ users in [\d.]+ s = (\d+) users/s", text)
+            found = re.search(rf"vpnusers/{backend}/batch_create: \d+ users (?:from \d+ caller\(s\) )?in [\d.]+ s = (\d+) users/s", text)
             out.append(float(found.group(1)) if found else None)
         return out
 
