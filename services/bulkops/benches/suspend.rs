@@ -108,7 +108,6 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let world = runtime.block_on(world());
     let mut group = c.benchmark_group("bulk_suspend_5ms_latency");
-    group.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(1));
     for size in [1000_usize, 100] {
         group.throughput(Throughput::Elements(size as u64));
         group.bench_function(format!("{size}_domains_concurrency_16"), |b| {
@@ -129,5 +128,11 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    // Set here rather than on the group, so `--measurement-time` and `--warm-up-time` on the command line
+    // (`bench/run --quick`) still apply: criterion lets a group's settings override the command line.
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(1));
+    targets = bench
+}
 criterion_main!(benches);
