@@ -1,4 +1,4 @@
-//! The JSON that `bench/run` writes under `target/bench-results/`: one
+//! The JSON that `bench/run` writes under `docs/bench/results/`: one
 //! `<section>.json` per section and one `machine.json`. Collectors write raw
 //! samples (one per repetition); every statistic is computed here, so the
 //! rules for medians, ratios and verdicts live in one place.
