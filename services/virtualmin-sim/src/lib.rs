@@ -20,6 +20,7 @@ mod dataset;
 mod programs;
 mod remote;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,6 +134,11 @@ impl FaultRule {
     }
 }
 
+/// Calls the call log keeps: the most recent ones. Tests look at the calls of
+/// one scenario; `mesh up` runs the simulator for as long as the mesh runs,
+/// and an unbounded log was the mesh's only memory growth under a soak.
+pub const CALL_LOG_CAPACITY: usize = 10_000;
+
 /// One call that passed authentication, as the program would have seen it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallRecord {
@@ -165,10 +171,20 @@ struct Shared {
 struct State {
     data: dataset::Dataset,
     key_order: fastrand::Rng,
-    call_log: Vec<CallRecord>,
+    /// At most [`CALL_LOG_CAPACITY`] records, oldest first.
+    call_log: VecDeque<CallRecord>,
     faults: Vec<FaultRule>,
     consecutive_auth_failures: u32,
     blocked_until: Option<Instant>,
+}
+
+impl State {
+    fn log_call(&mut self, record: CallRecord) {
+        if self.call_log.len() == CALL_LOG_CAPACITY {
+            self.call_log.pop_front();
+        }
+        self.call_log.push_back(record);
+    }
 }
 
 fn unix_now() -> u64 {
@@ -187,7 +203,7 @@ impl Simulator {
                 state: Mutex::new(State {
                     data,
                     key_order,
-                    call_log: Vec::new(),
+                    call_log: VecDeque::new(),
                     faults: Vec::new(),
                     consecutive_auth_failures: 0,
                     blocked_until: None,
@@ -200,10 +216,11 @@ impl Simulator {
         self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every authenticated call so far, oldest first.
+    /// The authenticated calls so far, oldest first: the last
+    /// [`CALL_LOG_CAPACITY`] of them.
     #[must_use]
     pub fn call_log(&self) -> Vec<CallRecord> {
-        self.state().call_log.clone()
+        self.state().call_log.iter().cloned().collect()
     }
 
     /// Forgets the call log.
@@ -356,7 +373,7 @@ impl Simulator {
                 let argv = remote::argv(&pairs, format);
                 if let Some(domain) = argv.iter().find(|arg| domains.contains(arg)) {
                     let output = format!("Failed to process virtual server {domain} : simulated failure\n");
-                    state.call_log.push(CallRecord {
+                    state.log_call(CallRecord {
                         program: program.clone(),
                         argv,
                         method: request.method.clone(),
@@ -458,7 +475,7 @@ impl Simulator {
         if let Some(program) = program.filter(|p| programs::PROGRAMS.contains(&p.as_str())) {
             let format =
                 ["json", "xml", "perl"].into_iter().find(|format| pairs.iter().any(|(name, _)| name == format));
-            state.call_log.push(CallRecord {
+            state.log_call(CallRecord {
                 program,
                 argv: remote::argv(pairs, format),
                 method: method.to_owned(),
@@ -702,4 +719,33 @@ async fn write_huge(stream: &mut (impl AsyncWrite + Unpin), bytes: usize) -> std
     }
     stream.write_all(b"{\"name\":\"last.example\",\"values\":{\"id\":[\"2\"]}}]}\n").await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(number: usize) -> CallRecord {
+        CallRecord {
+            program: "list-domains".to_owned(),
+            argv: vec![format!("--call-{number}")],
+            method: "POST".to_owned(),
+            used_query_string: false,
+            received_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn the_call_log_keeps_the_most_recent_calls_only() {
+        let simulator = Simulator::new(SimulatorConfig::default());
+        for number in 0..CALL_LOG_CAPACITY + 3 {
+            simulator.state().log_call(record(number));
+        }
+        let log = simulator.call_log();
+        assert_eq!(log.len(), CALL_LOG_CAPACITY);
+        assert_eq!(log[0].argv, ["--call-3"], "the three oldest calls were dropped");
+        assert_eq!(log[CALL_LOG_CAPACITY - 1].argv, [format!("--call-{}", CALL_LOG_CAPACITY + 2)]);
+        simulator.clear_call_log();
+        assert!(simulator.call_log().is_empty());
+    }
 }
