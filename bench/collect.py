@@ -520,7 +520,7 @@ def soak(raw, reps):
     seconds = data.get("seconds", 0)
     warm = seconds * data.get("warm_up_fraction", 0.25)
     judged = [s for s in samples if s["t"] >= warm]
-    growth = None
+    growth = slope_per_min = fd_growth = None
     if len(judged) >= 2:
         n = len(judged)
         mx = sum(s["t"] for s in judged) / n
@@ -528,6 +528,10 @@ def soak(raw, reps):
         var = sum((s["t"] - mx) ** 2 for s in judged)
         slope = sum((s["t"] - mx) * (s["rss_kib"] - my) for s in judged) / var if var else 0.0
         growth = slope * (judged[-1]["t"] - judged[0]["t"]) / 1024
+        slope_per_min = slope * 60 / 1024
+        fd_growth = max(s["fds"] for s in judged) - min(s["fds"] for s in judged)
+    # As the soak judges it (mesh/benches/soak.rs): the slope only over a judged window of 5 minutes or more.
+    slope_judged = len(judged) >= 2 and judged[-1]["t"] - judged[0]["t"] >= 300
     one = lambda value: [value] if value is not None else []
     if data:
         rows = [
@@ -535,6 +539,10 @@ def soak(raw, reps):
                 target=("at_most", 0)),
             row("fitted RSS growth after warm-up", "MiB", "lower", measured("soak", "mesh up", one(growth)),
                 target=("at_most", 16)),
+            row("RSS slope after warm-up", "MiB/min", "lower", measured("soak", "mesh up", one(slope_per_min)),
+                target=("at_most", 1) if slope_judged else None),
+            row("open descriptors gained after warm-up", "descriptors", "lower",
+                measured("soak", "mesh up", one(fd_growth)), target=("at_most", 64)),
             row("peak RSS", "MiB", "lower",
                 measured("soak", "mesh up", one(max((s["rss_kib"] for s in samples), default=None) and
                                                max(s["rss_kib"] for s in samples) / 1024))),
@@ -573,7 +581,8 @@ def soak(raw, reps):
         f"built-in simulator, MemoryProfiler GetReport, DockerOps Health). The maximum rate is measured first (closed "
         f"loop, 16 callers, 5 s), then {fraction} of it is held in an open loop for {seconds} s, bounded in time. RSS "
         f"and open descriptors are sampled every second; after the first 25 % a least-squares line is fitted to the "
-        f"RSS. One run: the soak is its own repetition over time. Targets: no unexpected error, fitted growth ≤ 16 MiB."
+        f"RSS. One run: the soak is its own repetition over time. Targets: no unexpected error, fitted growth ≤ 16 MiB, a slope ≤ 1 MiB/min "
+        f"when at least 5 minutes are judged, descriptors gained ≤ 64."
     )
     if first_errors:
         about += "\n\nFirst errors: " + "; ".join(f"`{e}`" for e in first_errors[:5])

@@ -36,6 +36,14 @@ const DEFAULT_LOAD_FRACTION: f64 = 0.5;
 const WARM_UP_FRACTION: f64 = 0.25;
 /// Resident memory the fitted line may still gain over the judged window.
 const MAX_FITTED_RSS_GROWTH_KIB: f64 = 16.0 * 1024.0;
+/// The fitted RSS slope allowed once the judged window is long enough
+/// ([`SLOPE_JUDGED_FROM`]) for pools and caches to have settled. The growth
+/// cap alone let a steady 2 MiB/min leak (the Virtualmin simulator's call log)
+/// pass a 10-minute soak at 15.6 of its 16 MiB.
+const MAX_RSS_SLOPE_KIB_PER_MIN: f64 = 1024.0;
+/// The shortest judged window whose slope is judged; CI's 60 s soak judges
+/// only the growth cap, as early growth there is mostly pools filling.
+const SLOPE_JUDGED_FROM: Duration = Duration::from_secs(300);
 /// Open descriptors the child may gain over the judged window. Connection
 /// pools breathe with the load (the gateway's upstream pool, DockerOps' engine
 /// pool keeps up to 64 idle connections, VpnUsers' Cache client); a leak of
@@ -405,6 +413,13 @@ async fn soak(seconds: u64, load_fraction: f64) -> bool {
     }
     if fitted_growth_kib > MAX_FITTED_RSS_GROWTH_KIB {
         eprintln!("soak: RSS still rising after warm-up: {fitted_growth_kib:.0} KiB over {window:.0} s");
+        healthy = false;
+    }
+    if window >= SLOPE_JUDGED_FROM.as_secs_f64() && rss_slope * 60.0 > MAX_RSS_SLOPE_KIB_PER_MIN {
+        eprintln!(
+            "soak: RSS rising {:.0} KiB/min after warm-up (at most {MAX_RSS_SLOPE_KIB_PER_MIN:.0} over a window of {window:.0} s)",
+            rss_slope * 60.0
+        );
         healthy = false;
     }
     if fd_max - fd_min > MAX_FD_GROWTH {
