@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use mesh_kit::RpcError;
 use mesh_kit::rpc_span::split_grpc_path;
 use pin_project_lite::pin_project;
@@ -32,9 +32,9 @@ use crate::reload::Live;
 use crate::tls::ClientCertificate;
 
 /// The header of `Bearer` tokens.
-const AUTHORIZATION_HEADER: &str = "authorization";
+const AUTHORIZATION_HEADER: HeaderName = http::header::AUTHORIZATION;
 /// The header of API keys.
-const API_KEY_HEADER: &str = "x-api-key";
+const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A SHA-256 digest.
 type TokenDigest = [u8; 32];

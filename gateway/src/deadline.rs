@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response};
 use mesh_kit::RpcError;
-use mesh_kit::correlation::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout};
+use mesh_kit::correlation::parse_grpc_timeout;
+use mesh_kit::header_names;
 use mesh_kit::rpc_span::split_grpc_path;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -93,7 +94,7 @@ impl DeadlinePolicy {
         let service = split_grpc_path(path).map_or("", |(service, _method)| service);
         let limits = self.per_service.get(service).unwrap_or(&self.gateway_wide);
         let requested =
-            headers.get(GRPC_TIMEOUT_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout);
+            headers.get(header_names::GRPC_TIMEOUT).and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout);
         requested.unwrap_or(limits.default_deadline).min(limits.max_deadline)
     }
 }
@@ -191,13 +192,14 @@ where
 
 /// Whether `headers` end the call CANCELLED (a trailers-only response).
 fn is_cancelled(headers: &HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|status| status.as_bytes() == b"1")
+    headers.get(header_names::GRPC_STATUS).is_some_and(|status| status.as_bytes() == b"1")
 }
 
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
 
+    use mesh_kit::correlation::GRPC_TIMEOUT_HEADER;
     use tower::{ServiceExt, service_fn};
 
     use super::*;

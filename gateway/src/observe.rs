@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use mesh_kit::header_names;
 use pin_project_lite::pin_project;
 
 /// The status of a call the caller stopped waiting for.
@@ -32,7 +33,7 @@ pub(crate) trait CallObserver {
 
 /// The `grpc-status` in `headers`, if any.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes()).ok()?.parse().ok()
+    std::str::from_utf8(headers.get(header_names::GRPC_STATUS)?.as_bytes()).ok()?.parse().ok()
 }
 
 /// What an observed body knows until it ends; reports on drop, so a call

@@ -34,11 +34,12 @@ use futures_util::FutureExt;
 use h2::client::SendRequest;
 use h2::{Ping, PingPong, RecvStream, SendStream};
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh_kit::correlation::{CORRELATION_ID_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout};
+use mesh_kit::correlation::grpc_timeout_value;
+use mesh_kit::header_names;
 use tokio::net::TcpStream;
 use tower::BoxError;
 use tracing::{debug, info, warn};
@@ -66,7 +67,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 /// endpoint, without the table work (about 2,300 of 144,000 instructions per
 /// call under `bench/gateway/callgrind`), and the table keeps the entries
 /// that do repeat.
-const PER_CALL_HEADERS: [&str; 3] = [CORRELATION_ID_HEADER, GRPC_TIMEOUT_HEADER, "traceparent"];
+const PER_CALL_HEADERS: [HeaderName; 3] =
+    [header_names::CORRELATION_ID, header_names::GRPC_TIMEOUT, header_names::TRACEPARENT];
 
 /// The caller's request body as it reaches the proxy: checked against the message size limit.
 pub(crate) type CallerBody = LimitedRequestBody<Incoming>;
@@ -172,7 +174,7 @@ impl Endpoint {
     }
 
     /// Forwards `request` and returns the endpoint's response as it is.
-    /// Runs inside the call's context, which `stamp_call_context` reads.
+    /// Runs inside the call's context, which `stamp_trace_and_correlation_id` reads.
     pub(crate) async fn forward(&self, mut request: UpstreamRequest) -> Result<Response<UpstreamBody>, SendFailure> {
         self.address_to_endpoint(&mut request);
         self.send(request).await
@@ -187,13 +189,13 @@ impl Endpoint {
         uri_parts.authority = Some(self.authority.clone());
         *request.uri_mut() =
             Uri::from_parts(uri_parts).expect("a routed request has a path, and scheme and authority are set here");
-        mesh_kit::client::stamp_call_context(request.headers_mut());
+        // The deadline layer has already capped or defaulted the caller's
+        // deadline; that budget, not the caller's, is what goes upstream.
+        mesh_kit::client::stamp_trace_and_correlation_id(request.headers_mut());
         // Recomputed per attempt, so a retry forwards only what is left of the caller's time.
         if let Some(CallDeadline(deadline)) = request.extensions().get::<CallDeadline>().copied() {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
-                request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
-            }
+            request.headers_mut().insert(header_names::GRPC_TIMEOUT, grpc_timeout_value(remaining));
         }
         for name in PER_CALL_HEADERS {
             if let Some(value) = request.headers_mut().get_mut(name) {

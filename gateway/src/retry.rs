@@ -19,6 +19,7 @@ use futures_util::future::Either;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use mesh_kit::RpcError;
+use mesh_kit::header_names;
 use mesh_kit::rpc_span::split_grpc_path;
 use prometheus_client::metrics::counter::Counter;
 use tonic::Code;
@@ -209,7 +210,7 @@ where
 
 /// Whether `headers` end the call UNAVAILABLE (a trailers-only response).
 fn is_unavailable(headers: &HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|status| status.as_bytes() == b"14")
+    headers.get(header_names::GRPC_STATUS).is_some_and(|status| status.as_bytes() == b"14")
 }
 
 #[cfg(test)]

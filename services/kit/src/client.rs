@@ -7,12 +7,13 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request};
+use http::Request;
 use tonic::transport::{Channel, Endpoint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::correlation::{self, CORRELATION_ID_HEADER, GRPC_TIMEOUT_HEADER};
+use crate::correlation::{self, CallContext};
+use crate::header_names;
 use crate::telemetry;
 
 /// A channel that propagates the call context; pass it to generated clients.
@@ -69,21 +70,26 @@ where
 /// deadline into `headers`. A deadline already in `headers` is only ever
 /// shortened, never extended.
 pub fn stamp_call_context(headers: &mut http::HeaderMap) {
-    telemetry::inject_context(&tracing::Span::current(), headers);
-    let Some(context) = correlation::current() else {
+    let Some(context) = stamp_trace_and_correlation_id(headers) else {
         return;
     };
-    if let Ok(value) = HeaderValue::from_str(context.correlation_id.as_str()) {
-        headers.insert(CORRELATION_ID_HEADER, value);
-    }
     if let Some(remaining) = context.remaining() {
-        let existing =
-            headers.get(GRPC_TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(correlation::parse_grpc_timeout);
+        let existing = headers
+            .get(header_names::GRPC_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(correlation::parse_grpc_timeout);
         let budget = existing.map_or(remaining, |e| e.min(remaining));
-        if let Ok(value) = HeaderValue::from_str(&correlation::format_grpc_timeout(budget)) {
-            headers.insert(GRPC_TIMEOUT_HEADER, value);
-        }
+        headers.insert(header_names::GRPC_TIMEOUT, correlation::grpc_timeout_value(budget));
     }
+}
+
+/// [`stamp_call_context`] without the deadline, for a hop that computes the
+/// budget it forwards itself (the gateway); returns the call's context.
+pub fn stamp_trace_and_correlation_id(headers: &mut http::HeaderMap) -> Option<CallContext> {
+    telemetry::inject_context(&tracing::Span::current(), headers);
+    let context = correlation::current()?;
+    headers.insert(header_names::CORRELATION_ID, context.correlation_id.header_value());
+    Some(context)
 }
 
 #[cfg(test)]
@@ -91,7 +97,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::correlation::{CallContext, CorrelationId};
+    use http::HeaderValue;
+
+    use crate::correlation::{CORRELATION_ID_HEADER, CorrelationId, GRPC_TIMEOUT_HEADER};
 
     #[tokio::test]
     async fn the_call_context_is_stamped_and_the_deadline_only_shrinks() {

@@ -17,6 +17,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::header_names;
+
 /// The header that carries the correlation id on every hop.
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 /// Accepted from callers that only set the common request-id header.
@@ -70,9 +72,9 @@ impl CorrelationId {
     /// Reads `x-correlation-id`, else `x-request-id`.
     #[must_use]
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        [CORRELATION_ID_HEADER, REQUEST_ID_HEADER]
+        [header_names::CORRELATION_ID, header_names::REQUEST_ID]
             .iter()
-            .filter_map(|name| headers.get(*name))
+            .filter_map(|name| headers.get(name))
             .find_map(Self::from_header_value)
     }
 
@@ -83,7 +85,9 @@ impl CorrelationId {
         self.0.to_str().unwrap_or_default()
     }
 
-    fn header_value(&self) -> HeaderValue {
+    /// The id as a header value, ready to send.
+    #[must_use]
+    pub fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
 }
@@ -161,22 +165,42 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
 /// most 8 digits as the spec requires.
 #[must_use]
 pub fn format_grpc_timeout(timeout: Duration) -> String {
+    let (amount, unit) = grpc_timeout_parts(timeout);
+    format!("{amount}{unit}")
+}
+
+/// [`format_grpc_timeout`] as a header value, without the intermediate
+/// `String`: the gateway writes one on every call.
+#[must_use]
+pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
+    use std::io::Write as _;
+    let (amount, unit) = grpc_timeout_parts(timeout);
+    const CAPACITY: usize = 9; // at most 8 digits and the unit
+    let mut buffer = [0u8; CAPACITY];
+    let mut unwritten = &mut buffer[..];
+    write!(unwritten, "{amount}{unit}").expect("8 digits and a unit fit in 9 bytes");
+    let len = CAPACITY - unwritten.len();
+    HeaderValue::from_bytes(&buffer[..len]).expect("digits and a unit letter are a valid header value")
+}
+
+/// The amount (at most 8 digits) and unit of a `grpc-timeout`, rounded up.
+fn grpc_timeout_parts(timeout: Duration) -> (u128, char) {
     const MAX_DIGITS_VALUE: u128 = 99_999_999;
     let nanos = timeout.as_nanos();
     for (unit, nanos_per_unit) in [
-        ("n", 1u128),
-        ("u", 1_000),
-        ("m", 1_000_000),
-        ("S", 1_000_000_000),
-        ("M", 60_000_000_000),
-        ("H", 3_600_000_000_000),
+        ('n', 1u128),
+        ('u', 1_000),
+        ('m', 1_000_000),
+        ('S', 1_000_000_000),
+        ('M', 60_000_000_000),
+        ('H', 3_600_000_000_000),
     ] {
         let amount = nanos.div_ceil(nanos_per_unit);
         if amount <= MAX_DIGITS_VALUE {
-            return format!("{amount}{unit}");
+            return (amount, unit);
         }
     }
-    format!("{MAX_DIGITS_VALUE}H")
+    (MAX_DIGITS_VALUE, 'H')
 }
 
 /// Accepts or mints the correlation id and captures the deadline; see the
@@ -222,12 +246,12 @@ where
         let correlation_id = CorrelationId::from_headers(request.headers()).unwrap_or_else(CorrelationId::mint);
         let deadline = request
             .headers()
-            .get(GRPC_TIMEOUT_HEADER)
+            .get(header_names::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
         let header_value = correlation_id.header_value();
-        request.headers_mut().insert(CORRELATION_ID_HEADER, header_value.clone());
+        request.headers_mut().insert(header_names::CORRELATION_ID, header_value.clone());
         let context = CallContext { correlation_id, deadline };
         request.extensions_mut().insert(context.clone());
         let inner = CALL_CONTEXT.sync_scope(context.clone(), || self.inner.call(request));
@@ -262,7 +286,7 @@ where
         });
         match poll {
             Poll::Ready(Ok(mut response)) => {
-                response.headers_mut().insert(CORRELATION_ID_HEADER, this.header_value.clone());
+                response.headers_mut().insert(header_names::CORRELATION_ID, this.header_value.clone());
                 Poll::Ready(Ok(response))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -345,6 +369,15 @@ mod tests {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
         assert_eq!(format_grpc_timeout(Duration::from_millis(1500)), "1500000u");
+        for duration in [
+            Duration::ZERO,
+            Duration::from_nanos(99_999_999),
+            Duration::from_millis(1500),
+            Duration::from_secs(86_400 * 400),
+            Duration::MAX,
+        ] {
+            assert_eq!(grpc_timeout_value(duration), format_grpc_timeout(duration).as_str(), "{duration:?}");
+        }
         assert_eq!(
             parse_grpc_timeout(&format_grpc_timeout(Duration::from_secs(86_400 * 400)))
                 .map(|d| d >= Duration::from_secs(86_400 * 400)),

@@ -7,6 +7,7 @@
 //! - [`config`]: defaults → file → environment, validated; hot reload.
 //! - [`database`]: database URLs that never print a password; `connect` (feature `sql`).
 //! - [`correlation`]: `x-correlation-id`, deadlines, the [`CallContext`].
+//! - [`header_names`]: the per-call headers as `HeaderName` constants.
 //! - [`rpc_span`]: one span per RPC, joined to the caller's trace.
 //! - [`telemetry`]: log format, OTLP export, `traceparent` propagation.
 //! - [`error`]: [`RpcError`] and the only place a `tonic::Status` is built.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod correlation;
 pub mod database;
 pub mod error;
+pub mod header_names;
 pub mod introspection;
 pub mod memory;
 pub mod rpc_span;

@@ -151,7 +151,8 @@ where
 
 /// Records `grpc-status` from `headers` on `span`; false when absent.
 fn record_status(span: &Span, headers: &HeaderMap) -> bool {
-    let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok())
+    let Some(code) =
+        headers.get(crate::header_names::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok())
     else {
         return false;
     };

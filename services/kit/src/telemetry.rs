@@ -327,7 +327,7 @@ impl Injector for HeaderInjector<'_> {
 
 /// Makes `span` a child of the trace in `headers` (`traceparent`), if any.
 pub fn set_parent_from_headers(span: &Span, headers: &HeaderMap) {
-    if !headers.contains_key("traceparent") {
+    if !headers.contains_key(crate::header_names::TRACEPARENT) {
         return;
     }
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));

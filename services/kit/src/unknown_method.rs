@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{RpcError, to_status};
+use crate::header_names;
 
 /// A call to a path the server has no method for.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +90,9 @@ where
 /// A trailers-only `UNIMPLEMENTED` without status details: tonic's own answer
 /// to an unknown path, never one built by [`crate::to_status`].
 fn is_bare_unimplemented(headers: &HeaderMap) -> bool {
-    let unimplemented = (Code::Unimplemented as i32).to_string();
-    headers.get("grpc-status").is_some_and(|status| status.as_bytes() == unimplemented.as_bytes())
-        && !headers.contains_key("grpc-status-details-bin")
+    const _: () = assert!(Code::Unimplemented as i32 == 12);
+    headers.get(header_names::GRPC_STATUS).is_some_and(|status| status.as_bytes() == b"12")
+        && !headers.contains_key(header_names::GRPC_STATUS_DETAILS)
 }
 
 #[cfg(test)]
