@@ -174,8 +174,8 @@ pub fn format_grpc_timeout(timeout: Duration) -> String {
 #[must_use]
 pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
     use std::io::Write as _;
-    let (amount, unit) = grpc_timeout_parts(timeout);
     const CAPACITY: usize = 9; // at most 8 digits and the unit
+    let (amount, unit) = grpc_timeout_parts(timeout);
     let mut buffer = [0u8; CAPACITY];
     let mut unwritten = &mut buffer[..];
     write!(unwritten, "{amount}{unit}").expect("8 digits and a unit fit in 9 bytes");
