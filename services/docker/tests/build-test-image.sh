@@ -21,12 +21,26 @@ rootfs_tar="$1"
 tag="$2"
 shift 2
 
-if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
-    echo "build-test-image: installing busybox-static (apt-get)" >&2
-    apt-get install -y busybox-static >/dev/null 2>&1 || {
-        apt-get update >/dev/null
-        apt-get install -y busybox-static >/dev/null
-    }
+busybox_installed() {
+    dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'
+}
+if ! busybox_installed; then
+    # Test processes run this script in parallel: on a fresh machine each
+    # would start apt-get and all but one would fail on dpkg's lock. One
+    # installs under this lock; the others wait, then find busybox there.
+    # The lock timeout covers an apt-get that is not ours.
+    mkdir -p "$(dirname "$rootfs_tar")"
+    exec 9>"$rootfs_tar.install.lock"
+    flock -w 600 9
+    if ! busybox_installed; then
+        echo "build-test-image: installing busybox-static (apt-get)" >&2
+        apt=(apt-get -o DPkg::Lock::Timeout=300)
+        "${apt[@]}" install -y busybox-static >/dev/null 2>&1 || {
+            "${apt[@]}" update >/dev/null
+            "${apt[@]}" install -y busybox-static >/dev/null
+        }
+    fi
+    exec 9>&-
 fi
 
 if [ ! -s "$rootfs_tar" ] || [ /bin/busybox -nt "$rootfs_tar" ]; then
