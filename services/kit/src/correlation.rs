@@ -87,7 +87,7 @@ impl CorrelationId {
 
     /// The id as a header value, ready to send.
     #[must_use]
-    pub fn header_value(&self) -> HeaderValue {
+    pub(crate) fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
 }
